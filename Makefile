@@ -1,0 +1,28 @@
+# Set-up and the two jobs of the README. Everything installs into .venv from this
+# repository's own files (pyproject.toml + constraints.txt); nothing is downloaded at run time.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN ?= demo-run
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+# The main job, end to end, on the embedded default (scikit-learn's digits; no download).
+demo: $(VENV)/.installed
+	rm -rf $(RUN)
+	$(VENV)/bin/cnas-ir --run-dir $(RUN) build examples/tiny.yaml
+	$(VENV)/bin/cnas-ir --run-dir $(RUN) stats
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(RUN) cnas-run .pytest_cache

@@ -1,0 +1,1 @@
+"""Backends that lower the channel graph (installed as ``cnas_ir.backends``)."""

@@ -1,0 +1,49 @@
+"""cnas-ir: a declarative graph-IR compiler for channel-level neural architecture search.
+
+Python API::
+
+    graph = cnas_ir.build("examples/tiny.yaml")   # spec (path, mapping or Spec) -> one-shot graph
+    cnas_ir.save(graph, "tiny.cnas")
+    graph = cnas_ir.load("tiny.cnas")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from cnas_ir.ir import Graph
+    from cnas_ir.spec import Spec
+
+__all__ = ["__version__", "build", "load", "save"]
+
+
+def build(spec: Spec | str | Path | dict[str, Any]) -> Graph:
+    """The one-shot graph of a spec given as a :class:`Spec`, a YAML path or a mapping."""
+    from cnas_ir.passes.build import build_graph
+    from cnas_ir.spec import Spec, load_spec, parse_spec
+
+    if isinstance(spec, dict):
+        spec = parse_spec(spec)
+    elif not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    graph = build_graph(spec)
+    graph.verify()
+    return graph
+
+
+def load(path: str | Path) -> Graph:
+    """Read a ``.cnas`` artifact (see :mod:`cnas_ir.format`)."""
+    from cnas_ir.format import load as _load
+
+    return _load(path)
+
+
+def save(graph: Graph, path: str | Path) -> Path:
+    """Write a ``.cnas`` artifact atomically."""
+    from cnas_ir.format import save as _save
+
+    return _save(graph, path)

@@ -1,0 +1,5 @@
+"""python -m cnas_ir: the same as the cnas-ir command."""
+
+from cnas_ir.cli import entry
+
+entry()

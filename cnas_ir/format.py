@@ -1,0 +1,215 @@
+"""The ``.cnas`` artifact format: a zip of JSON and safetensors, never pickle.
+
+Layout (format version 1)::
+
+    cnas.json            manifest: {"format": "cnas-ir", "version": 1, "producer": ...,
+                         "members": {name: sha256 hex}} -- always the first member
+    spec.json            the validated spec (canonical JSON)
+    graph.safetensors    the IR columns (group, vertex and bundle columns of cnas_ir.ir.Graph)
+    weights.safetensors  float32 weights by name, one-shot shapes (absent before training)
+    history.json         list of events (build, train, prune, ...)
+
+Loading checks, in order: a zip at all (else "not a cnas-ir artifact" or "truncated"), the
+manifest's format name and version (a newer version is refused), every member's sha256, the
+spec, the IR verifier, and the weights' names and shapes. Loading never executes code:
+JSON and safetensors are pure data. Saving writes a temp file beside the target and renames
+it into place, so a crash never leaves a half-written artifact under the real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from cnas_ir import __version__
+from cnas_ir.errors import CnasError, InputError, RunFailure
+from cnas_ir.ir import BUNDLE_COLUMNS, GROUP_COLUMNS, VERTEX_COLUMNS, Graph, VerifyError
+from cnas_ir.spec import parse_spec
+from cnas_ir.weights import weight_table
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "atomic_write", "load", "save"]
+
+FORMAT_NAME = "cnas-ir"
+FORMAT_VERSION = 1
+_MANIFEST = "cnas.json"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as e:
+        raise RunFailure(f"{path}: cannot write ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunFailure(f"{path}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _members(graph: Graph) -> dict[str, bytes]:
+    columns = {
+        name: np.ascontiguousarray(getattr(graph, name)) for name in GROUP_COLUMNS + VERTEX_COLUMNS + BUNDLE_COLUMNS
+    }
+    members = {
+        "spec.json": graph.spec.to_json().encode(),
+        "graph.safetensors": st_save(columns),
+        "history.json": json.dumps(list(graph.history), indent=1).encode(),
+    }
+    if graph.weights:
+        members["weights.safetensors"] = st_save({k: np.ascontiguousarray(v) for k, v in graph.weights.items()})
+    return members
+
+
+def to_bytes(graph: Graph) -> bytes:
+    """The artifact as bytes (what :func:`save` writes)."""
+    members = _members(graph)
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "producer": f"cnas-ir {__version__}",
+        "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(_MANIFEST, json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+        for name, data in members.items():
+            method = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
+            z.writestr(name, data, compress_type=method)
+    return buf.getvalue()
+
+
+def save(graph: Graph, path: str | Path) -> Path:
+    """Write ``graph`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    atomic_write(path, to_bytes(graph))
+    return path
+
+
+def _corrupt(path: Path, why: str) -> InputError:
+    return InputError(f"{path}: corrupt .cnas artifact ({why})")
+
+
+def load(path: str | Path) -> Graph:
+    """Read an artifact written by :func:`save`; every failure is a one-line :class:`CnasError`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such artifact") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a .cnas artifact") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head != _ZIP_MAGIC:
+        raise InputError(f"{path}: not a cnas-ir artifact (not a zip archive)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if _MANIFEST not in names:
+                raise InputError(f"{path}: not a cnas-ir artifact (a zip without {_MANIFEST})")
+            data = {name: z.read(name) for name in names}
+    except zipfile.BadZipFile as e:
+        if "CRC" in str(e):
+            raise _corrupt(path, "checksum mismatch") from None
+        raise InputError(f"{path}: truncated or damaged .cnas artifact ({e})") from None
+    except (OSError, EOFError, ValueError, NotImplementedError) as e:
+        # zlib errors surface as zlib.error (a subclass of Exception); handled below.
+        raise _corrupt(path, str(e) or e.__class__.__name__) from None
+    except CnasError:
+        raise
+    except Exception as e:  # zlib.error and friends from a damaged deflate stream
+        raise _corrupt(path, f"{e.__class__.__name__}: {e}") from None
+    return _from_members(path, data)
+
+
+def _from_members(path: Path, data: dict[str, bytes]) -> Graph:
+    try:
+        manifest = json.loads(data[_MANIFEST])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _corrupt(path, f"{_MANIFEST} is not JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise InputError(
+            f"{path}: not a cnas-ir artifact (manifest format is {manifest.get('format')!r})"
+            if isinstance(manifest, dict)
+            else f"{path}: not a cnas-ir artifact"
+        )
+    version = manifest.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise _corrupt(path, f"format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise InputError(
+            f"{path}: written by a newer cnas-ir (format version {version}; this cnas-ir {__version__} "
+            f"reads up to {FORMAT_VERSION}); upgrade cnas-ir"
+        )
+    listed = manifest.get("members")
+    if not isinstance(listed, dict):
+        raise _corrupt(path, "manifest lists no members")
+    for name, digest in listed.items():
+        if name not in data:
+            raise _corrupt(path, f"member {name} is missing")
+        if hashlib.sha256(data[name]).hexdigest() != digest:
+            raise _corrupt(path, f"member {name} does not match its checksum")
+    for required in ("spec.json", "graph.safetensors", "history.json"):
+        if required not in listed:
+            raise _corrupt(path, f"member {required} is missing")
+    try:
+        spec_data = json.loads(data["spec.json"])
+        history = json.loads(data["history.json"])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _corrupt(path, f"bad JSON: {e}") from None
+    spec = parse_spec(spec_data, f"{path}:spec.json")
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise _corrupt(path, "history.json is not a list of events")
+    try:
+        columns = st_load(data["graph.safetensors"])
+        weights = st_load(data["weights.safetensors"]) if "weights.safetensors" in listed else {}
+    except (SafetensorError, ValueError, TypeError) as e:
+        raise _corrupt(path, f"bad safetensors: {e}") from None
+    wanted = GROUP_COLUMNS + VERTEX_COLUMNS + BUNDLE_COLUMNS
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise _corrupt(path, f"graph column {missing[0]} is missing")
+    try:
+        graph = Graph(spec=spec, weights=weights, history=tuple(history), **{c: columns[c] for c in wanted})
+        graph.verify()
+    except VerifyError as e:
+        raise _corrupt(path, f"invalid graph: {e}") from None
+    _check_weights(path, graph)
+    return graph
+
+
+def _check_weights(path: Path, graph: Graph) -> None:
+    if not graph.weights:
+        return
+    table = weight_table(graph)
+    names = set(graph.weights)
+    if names != set(table):
+        extra = sorted(names - set(table))
+        lack = sorted(set(table) - names)
+        what = f"unexpected weight {extra[0]}" if extra else f"weight {lack[0]} is missing"
+        raise _corrupt(path, what)
+    for name, info in table.items():
+        w = graph.weights[name]
+        if w.shape != info.shape or w.dtype != np.float32:
+            raise _corrupt(path, f"weight {name} has shape {w.shape} {w.dtype}, expected {info.shape} float32")

@@ -1,0 +1,83 @@
+"""The run directory: where commands put artifacts, metrics and checkpoints.
+
+By default ``./cnas-run`` (or ``$CNAS_RUN_DIR``, or ``cnas-ir --run-dir``). Each command that
+produces a graph writes a numbered artifact ``NNN-<step>.cnas`` (``001-build.cnas``,
+``002-train.cnas``, ``003-prune.cnas``, ...). A command whose ARTIFACT argument is omitted
+reads the newest one (highest number), so ``build``, ``prune``, ``export`` chain in a fresh
+folder. Long-running commands append JSON lines to ``metrics.jsonl`` and keep resumable state
+in ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from cnas_ir.errors import InputError, RunFailure
+
+__all__ = ["RunDir", "default_run_dir"]
+
+_ARTIFACT = re.compile(r"^(\d{3,})-([A-Za-z0-9_.-]+)\.cnas$")
+
+
+def default_run_dir() -> Path:
+    return Path(os.environ.get("CNAS_RUN_DIR", "cnas-run"))
+
+
+class RunDir:
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_run_dir()
+
+    def artifacts(self) -> list[Path]:
+        """Artifacts of this run, oldest first."""
+        if not self.path.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.path.iterdir() if (m := _ARTIFACT.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def newest(self) -> Path:
+        arts = self.artifacts()
+        if not arts:
+            raise InputError(f"no artifact in {self.path}/: run `cnas-ir build SPEC.yaml` first, or name an ARTIFACT")
+        return arts[-1]
+
+    def next_artifact(self, step: str) -> Path:
+        """Path for the next artifact of ``step`` (the folder is created)."""
+        self.ensure()
+        arts = self.artifacts()
+        n = int(_ARTIFACT.match(arts[-1].name).group(1)) + 1 if arts else 1  # type: ignore[union-attr]
+        return self.path / f"{n:03d}-{step}.cnas"
+
+    def ensure(self) -> Path:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFailure(f"{self.path}: cannot create run directory ({e.strerror or e})") from None
+        return self.path
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to ``metrics.jsonl``."""
+        self.ensure()
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def resolve(self, artifact: str | Path | None) -> Path:
+        """The artifact a command should read: the one named, the newest in a named folder,
+        or the newest of this run directory."""
+        if artifact is None:
+            return self.newest()
+        p = Path(artifact)
+        if p.is_dir():
+            return RunDir(p).newest()
+        return p

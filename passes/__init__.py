@@ -1,0 +1,1 @@
+"""Passes over the channel graph (installed as ``cnas_ir.passes``)."""
