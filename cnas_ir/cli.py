@@ -49,12 +49,19 @@ def _load(ctx: Context, artifact: str | None) -> tuple[Path, Any]:
 def _write(ctx: Context, graph: Any, out: str | None, step: str) -> Path:
     from cnas_ir.format import save
 
-    path = Path(out) if out else ctx.run.next_artifact(step)
+    _check_out(out)
+    return save(graph, Path(out) if out else ctx.run.next_artifact(step))
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse a bad ``-o`` before any work is done, not after it."""
+    if out is None:
+        return
+    path = Path(out)
     if path.suffix != ".cnas":
         raise InputError(f"{path}: an artifact's name must end in .cnas")
-    if path.parent and not path.parent.exists():
+    if not path.parent.exists():
         raise InputError(f"{path}: folder {path.parent} does not exist")
-    return save(graph, path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -135,6 +142,165 @@ def dump(ctx: Context, artifact: str | None) -> None:
 
     _, graph = _load(ctx, artifact)
     click.echo(dump_text(graph), nl=False)
+
+
+_DATA_HELP = "Dataset instead of the spec's: digits, synthetic or cifar10:PATH (a local folder; nothing is downloaded)."
+
+
+def _load_data(graph: Any, data: str | None) -> Any:
+    from cnas_ir.backends.pytorch.data import load_dataset, parse_data_option
+
+    name, path = parse_data_option(data) if data is not None else (None, None)
+    return load_dataset(graph.spec, name, path)
+
+
+@cli.command()
+@click.argument("artifact", required=False)
+@click.option("--epochs", type=click.IntRange(min=0), help="Epochs to train [default: the spec's train.epochs].")
+@click.option("--data", metavar="NAME[:PATH]", help=_DATA_HELP)
+@click.option("--reinit", is_flag=True, help="Re-initialise the weights and train from scratch (CNAS-R).")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto uses CUDA when present.",
+)
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the artifact here, not in the run directory.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run from its last checkpoint.")
+@pass_ctx
+def train(
+    ctx: Context,
+    artifact: str | None,
+    epochs: int | None,
+    data: str | None,
+    reinit: bool,
+    device: str,
+    out: str | None,
+    resume: bool,
+) -> None:
+    """Train ARTIFACT's network with the spec's recipe (SGD, Nesterov, cosine warm restarts).
+
+    Metrics go to the run directory's metrics.jsonl (one line per epoch) and a checkpoint to
+    checkpoints/ after every epoch; Ctrl-C stops cleanly (exit 130) and --resume continues.
+    Writes NNN-train.cnas holding the trained weights.
+    """
+    import time
+
+    from cnas_ir.backends.pytorch.train import train as train_graph
+
+    _check_out(out)  # before hours of training, not after
+    src, graph = _load(ctx, artifact)
+    splits = _load_data(graph, data)
+    t0 = time.perf_counter()
+    # Ctrl-C raises TrainInterrupted (exit 130) with a one-line message on how to resume.
+    trained = train_graph(graph, epochs=epochs, data=splits, device=device, run=ctx.run, resume=resume, reinit=reinit)
+    path = _write(ctx, trained, out, "train")
+    ev = trained.history[-1]
+    _info(
+        f"trained {src.name} for {ev['epochs']} epochs on {ev['data']} in {time.perf_counter() - t0:.1f} s: "
+        f"val accuracy {ev['val_acc']:.2%}, test accuracy {ev['test_acc']:.2%} -> {path}"
+    )
+
+
+@cli.command("eval")
+@click.argument("artifact", required=False)
+@click.option("--data", metavar="NAME[:PATH]", help=_DATA_HELP)
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: split, data, n, loss, accuracy.")
+@pass_ctx
+def evaluate(ctx: Context, artifact: str | None, data: str | None, split: str, device: str, as_json: bool) -> None:
+    """Loss and accuracy of ARTIFACT's trained network on a split of its dataset."""
+    from cnas_ir.backends.pytorch.train import evaluate as evaluate_graph
+
+    path, graph = _load(ctx, artifact)
+    if not graph.weights:
+        raise InputError(f"{path}: has no weights to evaluate; train it first (`cnas-ir train`)")
+    splits = _load_data(graph, data)
+    result = evaluate_graph(graph, split, data=splits, device=device)
+    if as_json:
+        _echo_json({"artifact": str(path), "data": splits.name, "split": split, **result})
+    else:
+        click.echo(
+            f"{path}: {split} accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} "
+            f"({result['n']} images of {splits.name})"
+        )
+
+
+@cli.command()
+@click.argument("artifact", required=False)
+@click.option(
+    "--rho",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Budget: cell parameters / one-shot cell parameters [default: the spec's search.rho].",
+)
+@click.option(
+    "--gamma",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Fraction of the remaining x vertices removed per iteration [default: search.gamma].",
+)
+@click.option(
+    "--criterion",
+    type=click.Choice(["taylor", "random", "weight"]),
+    help="Saliency: Taylor (x * dL/dx), random (the paper's baseline) or weight L1 [default: search.criterion].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random scores and fine-tuning.")
+@click.option(
+    "--finetune-epochs",
+    type=click.IntRange(min=0),
+    help="Epochs of fine-tuning between iterations [default: search.finetune_epochs].",
+)
+@click.option(
+    "--saliency-batches",
+    type=click.IntRange(min=1),
+    help="Minibatches m of Algorithm 1 [default: search.saliency_batches].",
+)
+@click.option("--data", metavar="NAME[:PATH]", help=_DATA_HELP)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the artifact here, not in the run directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the stats of the pruned graph as JSON on stdout.")
+@pass_ctx
+def prune(
+    ctx: Context, artifact: str | None, rho: float | None, gamma: float | None, criterion: str | None, seed: int,
+    finetune_epochs: int | None, saliency_batches: int | None, data: str | None, device: str, out: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Search: prune ARTIFACT's x vertices, least salient first, until the cells fit rho.
+
+    Each iteration scores every live x vertex, removes the fraction gamma of them with the
+    lowest saliency (ranked globally across cells), folds away what died and fine-tunes. The
+    last iteration is cost-aware, so the result lands on rho within one vertex's cost.
+    With the taylor criterion an untrained artifact is first trained (the paper's step 1).
+    Then `cnas-ir train` fine-tunes the result (CNAS-W) or `cnas-ir train --reinit`
+    retrains it from scratch (CNAS-R).
+    """
+    from cnas_ir.backends.pytorch.search import SearchSettings, search
+    from cnas_ir.passes.stats import compute_stats
+
+    _check_out(out)
+    src, graph = _load(ctx, artifact)
+    s = graph.spec.search
+    settings = SearchSettings(
+        rho=s.rho if rho is None else rho,
+        gamma=s.gamma if gamma is None else gamma,
+        criterion=s.criterion if criterion is None else criterion,
+        seed=seed,
+        finetune_epochs=s.finetune_epochs if finetune_epochs is None else finetune_epochs,
+        saliency_batches=s.saliency_batches if saliency_batches is None else saliency_batches,
+        device=device,
+    )
+    splits = _load_data(graph, data) if data is not None else None
+    _info(f"pruning {src} to rho {settings.rho} ({settings.criterion}, gamma {settings.gamma})")
+    pruned = search(graph, settings, data=splits, run=ctx.run, say=_info, progress=sys.stderr.isatty())
+    stats = compute_stats(pruned)
+    path = _write(ctx, pruned, out, "prune")
+    if as_json:
+        _echo_json(stats.to_json())
+    _info(
+        f"pruned to rho {stats.rho:.6f}: {stats.total.x_live:,} of {stats.total.x:,} x vertices, "
+        f"{stats.total.params_live:,} cell params, {stats.model_params_live:,} model params -> {path}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 
 from cnas_ir.ir import Edge, Graph, Kind
 
-__all__ = ["WeightInfo", "compact", "weight_table"]
+__all__ = ["WeightInfo", "compact", "live_index", "weight_table"]
 
 
 @dataclass(frozen=True)

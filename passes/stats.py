@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cnas_ir.ir import COST, DENSE, Edge, Graph, Kind
+from cnas_ir.passes.fold import live_closure
 
 __all__ = ["CellStats", "Stats", "compute_stats", "format_table"]
 
@@ -104,8 +105,11 @@ def _copy_edges(g: Graph, alive: np.ndarray | None, bundles: np.ndarray) -> np.n
 
 def compute_stats(g: Graph) -> Stats:
     """Table 1 columns per cell and whole-model totals for graph ``g``."""
+    # The live columns count what the network computes: the fold closure of the mask (equal to
+    # the mask itself on a folded graph), the same closure the backends lower.
+    alive = live_closure(g)
     p_full, m_full, e_full = _counts(g, None)
-    p_live, m_live, e_live = _counts(g, g.alive)
+    p_live, m_live, e_live = _counts(g, alive)
     bundle_cell = g.cell[g.bundle_dst].astype(np.int64)
     in_cell = bundle_cell > 0
     ncell = int(g.cell.max()) + 1
@@ -115,7 +119,7 @@ def compute_stats(g: Graph) -> Stats:
     vg = g.vertex_group
     x = g.x_ids
     x_cell = g.cell[vg[x]].astype(np.int64)
-    x_live_mask = g.alive[x]
+    x_live_mask = alive[x]
     src_kind = g.kind[vg[g.src[x]]]
     x_count = np.bincount(x_cell, minlength=ncell)
     x_live = np.bincount(x_cell[x_live_mask], minlength=ncell)

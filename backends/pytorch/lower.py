@@ -1,0 +1,741 @@
+"""Lower a channel graph to a PyTorch module (SPEC §5).
+
+Two modes compute the same function (eval mode, float32 tolerance):
+
+- ``"masked"``: the dense one-shot network -- every weight in its one-shot shape, exactly the
+  names of :func:`cnas_ir.weights.weight_table` -- with 0/1 masks on the x vertices and a 0/1
+  factor on every operation. This is the reference semantics.
+- ``"compact"``: only live vertices exist as weights. Each operation gathers its live input
+  channels from the cell's states (ReLU computed once per state, not once per consumer), runs
+  its depthwise conv over them and its pointwise conv to C. Dead operations and dead nodes are
+  not in the module at all; preprocessing convs and the head keep only live input columns.
+  Its parameter count equals ``compute_stats(graph).model_params_live`` on a folded graph.
+
+Liveness rules shared by both modes (they make the two agree on any verified graph):
+
+- an operation is *live* when it has a live x, its y is live and its node's z is live; a
+  non-live operation contributes exactly zero (not BN of zero);
+- a node with a live z but no live operation outputs zeros; a dead z is zero (masked) or not
+  computed at all (compact), and so are the c/a/b channels mirroring it.
+
+Module names follow ``weight_table`` (``cell3.node2.op1.pw.weight``), so a state dict minus
+``num_batches_tracked`` is a subset of the weight table (all of it in masked mode). Index and
+mask tensors are non-persistent buffers: they move with ``.to(device)`` but are not state.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnas_ir.ir import Cell, Edge, Graph, Op
+from cnas_ir.passes.fold import live_closure
+from cnas_ir.weights import WeightInfo, live_index, weight_table
+
+__all__ = ["CnasModule", "Mode", "lower", "to_graph"]
+
+Mode = Literal["compact", "masked"]
+
+# One piece of an operation's input: (state id within the cell, channel positions in that state).
+_Piece = tuple[int, np.ndarray]
+# A per-forward cache of gathered inputs shared by the ops of a cell that read the same channels.
+_Cache = dict[tuple[object, ...], Tensor]
+
+
+# ---- gathering ----------------------------------------------------------------------------
+
+
+class _Gather(nn.Module):
+    """Concatenates chosen channels of a cell's states: an op's own copy of its inputs.
+
+    ``pieces`` lists, in x order, (state, positions) pairs; a piece that is a whole state or a
+    contiguous range is a view, any other is an ``index_select`` with a stored index.
+    Input: the cell's states, each (N, size, H, W) (None for a state nobody reads).
+    Output: (N, sum of piece lengths, H, W).
+    """
+
+    def __init__(self, pieces: Sequence[_Piece], state_sizes: Sequence[int]) -> None:
+        super().__init__()
+        # (state, start, stop, index buffer name or "" for a view)
+        self._parts: list[tuple[int, int, int, str]] = []
+        key: list[object] = []
+        for i, (state, pos) in enumerate(pieces):
+            lo, hi = int(pos[0]), int(pos[-1]) + 1
+            if hi - lo == pos.size:  # positions are sorted and unique, so this means contiguous
+                self._parts.append((state, lo, hi, ""))
+                key.append((state, lo, hi))
+                if lo == 0 and hi == state_sizes[state]:
+                    self._parts[-1] = (state, 0, -1, "")  # the whole state: no slicing at all
+            else:
+                name = f"index{i}"
+                self.register_buffer(name, torch.as_tensor(pos, dtype=torch.long), persistent=False)
+                self._parts.append((state, 0, 0, name))
+                key.append((state, pos.tobytes()))
+        self.key: tuple[object, ...] = tuple(key)
+        self.channels = int(sum(p.size for _, p in pieces))
+
+    def forward(self, states: Sequence[Tensor | None]) -> Tensor:
+        xs: list[Tensor] = []
+        for state, lo, hi, name in self._parts:
+            t = states[state]
+            assert t is not None, "an op reads a state that was not computed"
+            if name:
+                xs.append(t.index_select(1, getattr(self, name)))
+            elif hi < 0:
+                xs.append(t)
+            else:
+                xs.append(t[:, lo:hi])
+        return xs[0] if len(xs) == 1 else torch.cat(xs, 1)
+
+    def cached(self, states: Sequence[Tensor | None], cache: _Cache) -> Tensor:
+        x = cache.get(self.key)
+        if x is None:
+            x = cache[self.key] = self(states)
+        return x
+
+
+# ---- NASNet building blocks -----------------------------------------------------------------
+
+
+class _Tap(nn.Module):
+    """The op's own copy x of its input channels, as a fresh view: a hook point for saliency.
+
+    Ops reading the same channels share one gathered tensor; the view gives each op its own
+    autograd node, so a tensor hook on this module's output sees that op's own gradient δx.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+
+class _Stem(nn.Module):
+    """Conv3x3 (pad 1, no bias), then BN(affine) for NASNet. (N, 3, H, W) -> (N, out, H, W)."""
+
+    def __init__(self, cin: int, cout: int, bn: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout) if bn else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        return x if self.bn is None else self.bn(x)
+
+
+def _conv1x1(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a 1x1 conv (no padding), also when every input column was pruned.
+
+    PyTorch returns 0 channels for a conv over 0 input channels; the sum over no inputs is 0.
+    """
+    if x.shape[1]:
+        return conv(x)
+    (s, _) = conv.stride
+    n, _, h, w = x.shape
+    # "+ 0 * sum(weight)" keeps the (empty) weight in the autograd graph, so DDP sees it used.
+    return x.new_zeros(n, conv.out_channels, (h - 1) // s + 1, (w - 1) // s + 1) + 0 * conv.weight.sum()
+
+
+class _Preprocess(nn.Module):
+    """d = BN(Conv1x1(ReLU(a))), BN affine=False. (N, cin, H, W) -> (N, C, H, W)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout, affine=False)
+
+    def forward(self, a: Tensor) -> Tensor:
+        return self.bn(_conv1x1(self.conv, F.relu(a)))
+
+
+class _FactorizedReduce(nn.Module):
+    """d = BN(concat(conv1(relu a), conv2(relu a shifted by a pixel))), both 1x1 stride 2.
+
+    (N, cin, H, W) -> (N, C, ceil(H/2), ceil(W/2)); conv1 has C//2 outputs, conv2 C - C//2.
+    """
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout // 2, 1, stride=2, bias=False)
+        self.conv2 = nn.Conv2d(cin, cout - cout // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(cout, affine=False)
+
+    def forward(self, a: Tensor) -> Tensor:
+        h = F.relu(a)
+        shifted = F.pad(h, (0, 1, 0, 1))[:, :, 1:, 1:]
+        return self.bn(torch.cat([_conv1x1(self.conv1, h), _conv1x1(self.conv2, shifted)], 1))
+
+
+class _SepConv(nn.Module):
+    """y = BN(PW(DW3x3(x))) over the op's gathered (already ReLU'd) input channels.
+
+    ``reads`` has one entry per stride group, (stride, pieces): in a reduction cell the channels
+    copied from d come first with stride 2, those copied from z follow with stride 1; the DW
+    outputs are concatenated in that order, which is the x order the PW columns follow.
+    ``mask`` (masked mode): float 0/1 per x in x order; ``alive``: the op's 0/1 factor.
+    ``x`` is a hook point that sees each stride group of ReLU(x) after the mask, before dropout
+    (x·δx is the same before and after the ReLU). Output: (N, C, H_out, W_out).
+    """
+
+    def __init__(
+        self,
+        reads: Sequence[tuple[int, Sequence[_Piece]]],
+        state_sizes: Sequence[int],
+        width: int,
+        dropout: float,
+        mask: np.ndarray | None,
+        alive: bool,
+    ) -> None:
+        super().__init__()
+        self.gathers = nn.ModuleList(_Gather(p, state_sizes) for _, p in reads)
+        self.strides = tuple(s for s, _ in reads)
+        n = sum(g.channels for g in self.gathers)
+        self.x = _Tap()
+        self.dw = nn.Conv2d(n, n, 3, padding=1, groups=n, bias=False)
+        self.pw = nn.Conv2d(n, width, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width, affine=False)
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.masked = mask is not None
+        offsets = np.cumsum([0] + [g.channels for g in self.gathers])
+        self._spans = [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        if mask is not None:
+            for i, (a, b) in enumerate(self._spans):
+                m = torch.tensor(mask[a:b], dtype=torch.float32).view(1, -1, 1, 1)
+                self.register_buffer(f"mask{i}", m, persistent=False)
+            self.register_buffer("alive", torch.tensor(float(alive)), persistent=False)
+
+    def forward(self, states: Sequence[Tensor | None], cache: _Cache) -> Tensor:
+        outs = []
+        for i, (gather, stride, (a, b)) in enumerate(zip(self.gathers, self.strides, self._spans, strict=True)):
+            x = gather.cached(states, cache)
+            if self.masked:
+                x = x * getattr(self, f"mask{i}")
+            x = self.drop(self.x(x))
+            outs.append(F.conv2d(x, self.dw.weight[a:b], stride=stride, padding=1, groups=b - a))
+        h = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        y = self.bn(self.pw(h))
+        # Multiply after BN: a dead op contributes exactly zero, not BN of zero.
+        return y * self.alive if self.masked else y
+
+
+class _NasnetCell(nn.Module):
+    """One NASNet cell: (a, b) -> c = concat of the computed z (live ones in compact mode)."""
+
+    def __init__(
+        self,
+        d_a: nn.Module,
+        d_b: nn.Module,
+        nodes: Sequence[tuple[bool, bool, dict[str, _SepConv]]],
+        width: int,
+        reduction: bool,
+    ) -> None:
+        super().__init__()
+        self.d_a = d_a
+        self.d_b = d_b
+        # Per node: computed (z live, or every z in masked mode), ReLU'd for later readers, ops.
+        self._nodes: list[tuple[bool, bool, list[str]]] = []
+        for k, (computed, read_later, ops) in enumerate(nodes, 1):
+            if ops:
+                self.add_module(f"node{k}", nn.ModuleDict(ops))
+            self._nodes.append((computed, read_later, list(ops)))
+        self.width = width
+        self.reduction = reduction
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        d = torch.cat([self.d_a(a), self.d_b(b)], 1)
+        # State 0 is ReLU(d_a | d_b), state k is ReLU(z_k): each computed once for all readers.
+        states: list[Tensor | None] = [F.relu(d)]
+        cache: _Cache = {}
+        zs: list[Tensor] = []
+        for k, (computed, read_later, op_names) in enumerate(self._nodes, 1):
+            if not computed:
+                states.append(None)
+                continue
+            z: Tensor | None = None
+            if op_names:
+                node = getattr(self, f"node{k}")
+                for name in op_names:
+                    y = node[name](states, cache)
+                    z = y if z is None else z + y
+            if z is None:  # a live z whose ops are all dead is zero
+                z = self._zeros(d, self.width)
+            zs.append(z)
+            states.append(F.relu(z) if read_later else None)
+        if not zs:
+            return self._zeros(d, 0)
+        return zs[0] if len(zs) == 1 else torch.cat(zs, 1)
+
+    def _zeros(self, d: Tensor, channels: int) -> Tensor:
+        """Zeros at the cell's output size: d's size, halved (rounding up) in a reduction cell."""
+        n, _, h, w = d.shape
+        if self.reduction:
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return d.new_zeros(n, channels, h, w)
+
+
+# ---- DenseNet-BC building blocks -------------------------------------------------------------
+
+
+class _Transition(nn.Module):
+    """d = AvgPool2(Conv1x1(ReLU(BN(b)))), BN affine. (N, cin, H, W) -> (N, cout, H//2, W//2)."""
+
+    def __init__(self, cin: int, cout: int, mask: np.ndarray | None) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.register_buffer("mask", None if mask is None else _channel_mask(mask), persistent=False)
+
+    def forward(self, b: Tensor) -> Tensor:
+        h = F.relu(self.bn(b))
+        if self.mask is not None:  # BN maps a dead (zero) channel to a constant: cut it again
+            h = h * self.mask
+        h = self.conv(h)
+        return F.avg_pool2d(h, 2) if h.shape[-1] > 1 else h
+
+
+class _Bottleneck(nn.Module):
+    """z = Conv3x3(ReLU(BN2(Conv1x1(ReLU(BN1(x)))))): (N, n_x, H, W) -> (N, k, H, W).
+
+    ``x`` is a hook point that sees the op's copy of its input channels (after the mask).
+    """
+
+    def __init__(
+        self,
+        pieces: Sequence[_Piece],
+        state_sizes: Sequence[int],
+        growth: int,
+        bottleneck: int,
+        dropout: float,
+        mask: np.ndarray | None,
+        alive: bool,
+    ) -> None:
+        super().__init__()
+        self.gather = _Gather(pieces, state_sizes)
+        self.x = _Tap()
+        n = self.gather.channels
+        self.bn1 = nn.BatchNorm2d(n)
+        self.conv1 = nn.Conv2d(n, bottleneck, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(bottleneck)
+        self.conv2 = nn.Conv2d(bottleneck, growth, 3, padding=1, bias=False)
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.masked = mask is not None
+        if mask is not None:
+            self.register_buffer("mask", _channel_mask(mask), persistent=False)
+            self.register_buffer("alive", torch.tensor(float(alive)), persistent=False)
+
+    def forward(self, states: Sequence[Tensor | None], cache: _Cache) -> Tensor:
+        x = self.gather.cached(states, cache)
+        if self.masked:
+            x = x * self.mask
+        h = F.relu(self.bn1(self.x(x)))
+        if self.masked:  # BN1 maps a dead (zero) x to its bias: cut it again before conv1
+            h = h * self.mask
+        h = self.conv1(self.drop(h))
+        z = self.conv2(F.relu(self.bn2(h)))
+        return z * self.alive if self.masked else z
+
+
+class _DenseBlock(nn.Module):
+    """One dense block: b -> c = concat(d, z_1, ..., z_n) (computed z only in compact mode)."""
+
+    def __init__(
+        self,
+        transition: _Transition | None,
+        nodes: Sequence[tuple[bool, _Bottleneck | None]],
+        growth: int,
+    ) -> None:
+        super().__init__()
+        self.d = transition
+        self._nodes: list[tuple[bool, bool]] = []  # computed, has a live op
+        for k, (computed, op) in enumerate(nodes, 1):
+            if op is not None:
+                self.add_module(f"node{k}", nn.ModuleDict({"op1": op}))
+            self._nodes.append((computed, op is not None))
+        self.growth = growth
+
+    def forward(self, b: Tensor) -> Tensor:
+        d = b if self.d is None else self.d(b)
+        states: list[Tensor | None] = [d]  # raw: each op has its own BN1 before the ReLU
+        cache: _Cache = {}
+        for k, (computed, has_op) in enumerate(self._nodes, 1):
+            if not computed:
+                states.append(None)
+            elif has_op:
+                states.append(getattr(self, f"node{k}")["op1"](states, cache))
+            else:
+                n, _, h, w = d.shape
+                states.append(d.new_zeros(n, self.growth, h, w))
+        return torch.cat([s for s in states if s is not None], 1)
+
+
+class _Head(nn.Module):
+    """[BN(affine) + ReLU +] global average pool + Linear. (N, cin, H, W) -> (N, classes)."""
+
+    def __init__(self, cin: int, classes: int, bn: bool, mask: np.ndarray | None) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin) if bn else None
+        self.linear = nn.Linear(cin, classes)
+        self.register_buffer("mask", None if mask is None else _channel_mask(mask), persistent=False)
+
+    def forward(self, c: Tensor) -> Tensor:
+        if self.bn is not None:
+            c = F.relu(self.bn(c))
+            if self.mask is not None:
+                c = c * self.mask
+        return self.linear(c.mean((2, 3)))
+
+
+def _channel_mask(mask: np.ndarray) -> Tensor:
+    return torch.tensor(mask, dtype=torch.float32).view(1, -1, 1, 1)
+
+
+# ---- the module -------------------------------------------------------------------------------
+
+
+class CnasModule(nn.Module):
+    """A lowered network: forward (N, C_in, H, W) float -> logits (N, classes).
+
+    Parameters and buffers are named as in :func:`cnas_ir.weights.weight_table`; in compact
+    mode each holds the live part of its one-shot weight (rows/columns of live vertices).
+    """
+
+    def __init__(self, graph: Graph, mode: Mode, keep: np.ndarray) -> None:
+        super().__init__()
+        self.mode: Mode = mode
+        self.space = graph.spec.space
+        # The lowered graph's structure and masks say which one-shot entries each tensor holds.
+        self._graph = graph
+        self._keep = keep  # bool[V]: vertices that exist as weight rows/columns
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.stem(x)
+        if self.space == "densenet":
+            for cell in self._cells():
+                s = cell(s)
+            return self.head(s)
+        prev_prev, prev = s, s
+        for cell in self._cells():
+            prev_prev, prev = prev, cell(prev_prev, prev)
+        return self.head(prev)
+
+    def _cells(self) -> list[nn.Module]:
+        return [m for name, m in self.named_children() if name.startswith("cell")]
+
+    def num_parameters(self) -> int:
+        """Sum of ``p.numel()`` over parameters (BN running statistics are buffers)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- weights <-> graph ---------------------------------------------------------------------
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return dict(self.named_parameters()) | dict(self.named_buffers())
+
+    def _check_structure(self, graph: Graph) -> None:
+        g = self._graph
+        if graph is not g and (
+            graph.num_vertices != g.num_vertices
+            or not np.array_equal(graph.size, g.size)
+            or not np.array_equal(graph.kind, g.kind)
+        ):
+            raise ValueError("graph does not have the structure of the graph this module was lowered from")
+
+    def _held(self, info: WeightInfo) -> tuple[np.ndarray | None, ...]:
+        """Per axis: the one-shot positions this module's tensor holds (None: all of them)."""
+        return tuple(None if grp is None else _positions(self._graph, grp, self._keep) for grp in info.axes)
+
+    def reset_parameters(self) -> None:
+        """Initialise every parameter deterministically (given ``torch.manual_seed``).
+
+        Values are drawn in one-shot shapes, in weight-table order, and then compacted, so a
+        compact and a masked module lowered after the same seed compute the same function.
+        Convs: Kaiming normal, fan-out (a depthwise filter's fan is its 9 taps), which does not
+        depend on how many input columns survived. Linear: U(+-1/sqrt(fan_in)) of the one-shot
+        width, bias 0. BatchNorm: weight 1, bias 0, running mean 0 and var 1.
+        """
+        tensors = self._tensors()
+        with torch.no_grad():
+            for name, info in weight_table(self._graph).items():
+                if info.buffer:
+                    if name in tensors:
+                        tensors[name].fill_(0.0 if name.endswith("running_mean") else 1.0)
+                    continue
+                full = _init_value(name, info.shape)
+                if name in tensors:
+                    tensors[name].copy_(_take(full, self._held(info)))
+
+    def load_graph_weights(self, graph: Graph) -> None:
+        """Copy ``graph.weights`` (one-shot shapes) into the module; absent names keep their values.
+
+        ``graph`` must have the structure of the lowered graph; the module's own masks decide
+        which entries it takes, so weights written by a masked module load into a compact one.
+        """
+        self._check_structure(graph)
+        if not graph.weights:
+            return
+        tensors = self._tensors()
+        table = weight_table(self._graph)
+        with torch.no_grad():
+            for name, array in graph.weights.items():
+                info = table.get(name)
+                if info is None:
+                    raise ValueError(f"graph weight {name!r} is not in the weight table")
+                if tuple(array.shape) != info.shape:
+                    raise ValueError(f"graph weight {name!r} has shape {array.shape}, expected {info.shape}")
+                t = tensors.get(name)
+                if t is not None:
+                    t.copy_(torch.from_numpy(np.array(_take(array, self._held(info)))))
+
+    def graph_weights(self, graph: Graph) -> dict[str, np.ndarray]:
+        """Every weight-table name -> float32 array in its one-shot shape.
+
+        Entries of live vertices come from the module; the others (dead vertices, ops not in a
+        compact module) come from ``graph.weights`` when present, else zeros.
+        """
+        self._check_structure(graph)
+        g = self._graph
+        tensors = self._tensors()
+        out: dict[str, np.ndarray] = {}
+        for name, info in weight_table(g).items():
+            old = graph.weights.get(name)
+            arr = np.zeros(info.shape, np.float32) if old is None else np.array(old, dtype=np.float32)
+            t = tensors.get(name)
+            if t is not None:
+                value = t.detach().to("cpu", torch.float32).numpy()
+                live = tuple(None if grp is None else live_index(g, grp) for grp in info.axes)
+                # Where the live entries sit in the module's tensor: all of it in compact mode.
+                held = tuple(None if grp is None else _positions_within(g, grp, self._keep) for grp in info.axes)
+                arr[_ix(live, info.shape)] = value[_ix(held, value.shape)]
+            out[name] = arr
+        return out
+
+
+def _positions(g: Graph, group: int, keep: np.ndarray) -> np.ndarray | None:
+    """Positions (within ``group``) of the kept vertices; None when all are kept."""
+    k = keep[g.group_slice(group)]
+    return None if k.all() else np.flatnonzero(k)
+
+
+def _positions_within(g: Graph, group: int, keep: np.ndarray) -> np.ndarray | None:
+    """Positions of the group's live vertices among its kept ones (None: all kept are live)."""
+    sl = g.group_slice(group)
+    k, a = keep[sl], g.alive[sl]
+    if np.array_equal(k, a):
+        return None
+    return np.flatnonzero(a[k])
+
+
+def _ix(idx: tuple[np.ndarray | None, ...], shape: tuple[int, ...]) -> tuple[object, ...]:
+    if all(i is None for i in idx):
+        return (slice(None),) * len(shape)
+    return np.ix_(*[np.arange(n) if i is None else i for i, n in zip(idx, shape, strict=True)])
+
+
+def _take(array: np.ndarray | Tensor, idx: tuple[np.ndarray | None, ...]) -> np.ndarray | Tensor:
+    """``array`` restricted to positions ``idx`` along each axis (None keeps an axis whole)."""
+    out = array
+    for axis, i in enumerate(idx):
+        if i is not None:
+            out = out[(slice(None),) * axis + (torch.as_tensor(i) if isinstance(out, Tensor) else i,)]
+    return out
+
+
+def _init_value(name: str, shape: tuple[int, ...]) -> Tensor:
+    if len(shape) == 1:  # BN weight, BN bias or linear bias
+        is_bn_weight = name.endswith(".weight")
+        return torch.ones(shape) if is_bn_weight else torch.zeros(shape)
+    if len(shape) == 2:  # linear (out, in)
+        bound = 1.0 / math.sqrt(shape[1]) if shape[1] else 0.0
+        return torch.empty(shape).uniform_(-bound, bound)
+    fan = shape[2] * shape[3] if name.endswith("dw.weight") else shape[0] * shape[2] * shape[3]
+    return torch.randn(shape) * math.sqrt(2.0 / fan)
+
+
+# ---- lowering ---------------------------------------------------------------------------------
+
+
+def _op_live(g: Graph, op: Op, z: int) -> bool:
+    """An op computes something: a live x, its y live and its node's z live."""
+    return bool(
+        g.alive[g.group_slice(op.x)].any() and g.alive[g.group_slice(op.y)].all() and g.alive[g.group_slice(z)].all()
+    )
+
+
+def _state_map(g: Graph, cell: Cell) -> tuple[dict[int, tuple[int, int]], list[int]]:
+    """Group id -> (state, channel offset) for the states ops read; and the state sizes.
+
+    State 0 is d (NASNet: d_a then d_b); state k is z_k.
+    """
+    smap: dict[int, tuple[int, int]] = {}
+    offset = 0
+    for d in cell.d:
+        smap[d] = (0, offset)
+        offset += int(g.size[d])
+    sizes = [offset]
+    for k, node in enumerate(cell.nodes, 1):
+        smap[node.z] = (k, 0)
+        sizes.append(int(g.size[node.z]))
+    return smap, sizes
+
+
+def _op_pieces(g: Graph, op: Op, keep: np.ndarray, smap: dict[int, tuple[int, int]]) -> list[_Piece]:
+    """The kept x of ``op`` as (state, positions) pieces, in x order."""
+    sl = g.group_slice(op.x)
+    xv = sl.start + np.flatnonzero(keep[sl])
+    src = g.src[xv].astype(np.int64)
+    sg = g.vertex_group[src]
+    state = np.empty(src.size, np.int64)
+    pos = np.empty(src.size, np.int64)
+    for grp in np.unique(sg):
+        sel = sg == grp
+        s, off = smap[int(grp)]
+        state[sel] = s
+        pos[sel] = src[sel] - int(g.start[grp]) + off
+    # x copies its sources in order (d_a, d_b, z_1, ...), so states never go back.
+    assert np.all(np.diff(state) >= 0) and np.all(np.diff(pos)[np.diff(state) == 0] > 0), "x order"
+    return [(int(s), pos[state == s]) for s in np.unique(state)]
+
+
+def _nasnet_cell(g: Graph, cell: Cell, keep: np.ndarray, masked: bool, dropout: float) -> _NasnetCell:
+    a_grp, b_grp = cell.inputs
+    width = cell.width
+    n_a = int(keep[g.group_slice(a_grp)].sum())
+    n_b = int(keep[g.group_slice(b_grp)].sum())
+    edge_a = _edge_into(g, cell.d[0])
+    d_a: nn.Module = _FactorizedReduce(n_a, width) if edge_a == Edge.FACTORIZED_REDUCE else _Preprocess(n_a, width)
+    d_b = _Preprocess(n_b, width)
+    reduction = cell.kind == "reduction"
+    smap, sizes = _state_map(g, cell)
+    built: list[tuple[bool, dict[str, _SepConv]]] = []
+    read = np.zeros(len(cell.nodes) + 1, dtype=bool)  # which states some op reads
+    for node in cell.nodes:
+        computed = masked or bool(g.alive[g.group_slice(node.z)].all())
+        ops: dict[str, _SepConv] = {}
+        for op in node.ops:
+            live = _op_live(g, op, node.z)
+            if not (masked or live):
+                continue  # not in the compact module at all
+            pieces = _op_pieces(g, op, keep, smap)
+            reads: list[tuple[int, list[_Piece]]]
+            if reduction:  # d copies at the input size (stride 2), z copies already reduced
+                reads = [(2, [p for p in pieces if p[0] == 0]), (1, [p for p in pieces if p[0] != 0])]
+                reads = [r for r in reads if r[1]]
+            else:
+                reads = [(1, pieces)]
+            for s, _ in pieces:
+                read[s] = True
+            mask = g.alive[g.group_slice(op.x)] if masked else None
+            ops[f"op{op.j}"] = _SepConv(reads, sizes, width, dropout, mask, live)
+        built.append((computed, ops))
+    nodes = [(computed, bool(read[k]), ops) for k, (computed, ops) in enumerate(built, 1)]
+    return _NasnetCell(d_a, d_b, nodes, width, reduction)
+
+
+def _dense_block(g: Graph, cell: Cell, keep: np.ndarray, masked: bool, dropout: float) -> _DenseBlock:
+    p = g.spec.densenet
+    assert p is not None
+    (b_grp,) = cell.inputs
+    (d_grp,) = cell.d
+    transition = None
+    if _edge_into(g, d_grp) == Edge.TRANSITION:
+        n_b = int(keep[g.group_slice(b_grp)].sum())
+        mask = g.alive[g.group_slice(b_grp)] if masked else None
+        transition = _Transition(n_b, int(g.size[d_grp]), mask)
+    smap, sizes = _state_map(g, cell)
+    nodes: list[tuple[bool, _Bottleneck | None]] = []
+    for node in cell.nodes:
+        computed = masked or bool(g.alive[g.group_slice(node.z)].all())
+        (op,) = node.ops
+        live = _op_live(g, op, node.z)
+        bottleneck = None
+        if masked or live:
+            pieces = _op_pieces(g, op, keep, smap)
+            mask = g.alive[g.group_slice(op.x)] if masked else None
+            bottleneck = _Bottleneck(pieces, sizes, p.growth_rate, int(g.size[op.y]), dropout, mask, live)
+        nodes.append((computed, bottleneck))
+    return _DenseBlock(transition, nodes, p.growth_rate)
+
+
+def _edge_into(g: Graph, group: int) -> Edge:
+    (e,) = np.flatnonzero(g.bundle_dst == group)
+    return Edge(int(g.bundle_kind[e]))
+
+
+def _keep_mask(g: Graph, mode: Mode) -> np.ndarray:
+    """bool[V]: vertices that exist as weight rows/columns in the module."""
+    if mode == "masked":
+        return np.ones(g.num_vertices, dtype=bool)
+    keep = g.alive.copy()
+    # The x of an op that computes nothing are not kept even when marked live (unfolded graph).
+    for cell in g.cells:
+        for node in cell.nodes:
+            for op in node.ops:
+                if not _op_live(g, op, node.z):
+                    keep[g.group_slice(op.x)] = False
+    return keep
+
+
+def lower(graph: Graph, mode: Mode = "compact", *, weights: bool = True) -> CnasModule:
+    """Build the PyTorch module of ``graph`` (SPEC §5).
+
+    ``mode="compact"`` keeps only live vertices; ``mode="masked"`` builds the dense one-shot
+    network with 0/1 masks (the reference). Parameters are initialised (deterministically given
+    ``torch.manual_seed``), then ``graph.weights`` are loaded when ``weights`` is true; pass
+    ``weights=False`` to re-initialise a pruned network (CNAS-R). The module starts in train mode
+    as usual; its forward maps (N, C_in, H, W) float32 to logits (N, classes).
+    """
+    if mode not in ("compact", "masked"):
+        raise ValueError(f"mode must be 'compact' or 'masked', got {mode!r}")
+    graph.verify()
+    # Lower the IR's semantics of a pruned graph: the fold closure of its mask (an op without
+    # live input is absent, a node without ops is zero, and what copies it goes too), so a
+    # graph and its folded graph lower to the same function.
+    graph = graph.replace(alive=live_closure(graph))
+    keep = _keep_mask(graph, mode)
+    # Layer constructors draw their default init from the global RNG, a number of draws that
+    # depends on the mode; fork it so reset_parameters draws the same values in both modes.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # A conv or linear whose inputs were all pruned has zero elements; PyTorch warns on its
+        # default init, which reset_parameters overrides anyway.
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        module = _build(graph, mode, keep)
+    module.reset_parameters()
+    if weights:
+        module.load_graph_weights(graph)
+    return module
+
+
+def _build(graph: Graph, mode: Mode, keep: np.ndarray) -> CnasModule:
+    masked = mode == "masked"
+    module = CnasModule(graph, mode, keep)
+    spec = graph.spec
+    stem_grp, head_grp = graph.stem_group, graph.head_group
+    in_ch, stem_ch = int(graph.size[graph.input_group]), int(graph.size[stem_grp])
+    last_c = graph.cells[-1].c
+    n_last = int(keep[graph.group_slice(last_c)].sum())
+    classes = int(graph.size[head_grp])
+    if spec.space == "nasnet":
+        assert spec.nasnet is not None
+        module.stem = _Stem(in_ch, stem_ch, bn=True)
+        for cell in graph.cells:
+            module.add_module(f"cell{cell.index}", _nasnet_cell(graph, cell, keep, masked, spec.nasnet.spatial_dropout))
+        module.head = _Head(n_last, classes, bn=False, mask=None)
+    else:
+        assert spec.densenet is not None
+        module.stem = _Stem(in_ch, stem_ch, bn=False)
+        for cell in graph.cells:
+            module.add_module(
+                f"cell{cell.index}", _dense_block(graph, cell, keep, masked, spec.densenet.spatial_dropout)
+            )
+        head_mask = graph.alive[graph.group_slice(last_c)] if masked else None
+        module.head = _Head(n_last, classes, bn=True, mask=head_mask)
+    return module
+
+
+def to_graph(graph: Graph, module: CnasModule) -> Graph:
+    """``graph`` with its weights replaced by the module's (:meth:`CnasModule.graph_weights`)."""
+    return graph.replace(weights=module.graph_weights(graph))
