@@ -1,0 +1,113 @@
+"""Taylor saliency (CNAS Algorithm 1, after Molchanov et al. 2017) on the compact module.
+
+For every live x vertex -- one channel of one operation's *own* copy of its inputs -- and every
+image, take the spatial mean of ``x * dL/dx`` over that copy, its magnitude, and sum over the
+``batches`` minibatches (float32, whatever the module's precision). The weights are frozen and
+the module is in eval mode (BN running statistics, no dropout), so the scores are a function
+of the weights and the data. Then each operation's scores are L2-normalised (the paper's
+layer-wise normalisation).
+
+The paper ranks by ``1 / (x * dx)`` after the reduction and zeroes the *largest*; we keep the
+importance ``|mean(x * dx)|`` and zero the *smallest*: the same order, without dividing by zero
+(a vertex whose channel is all zero scores 0, the least important, instead of infinity).
+
+Per-copy gradients: ops of a node may share one gathered tensor in the forward pass; each
+op's probe takes a view of it (``view_as``), and autograd gives each view only the gradient of
+its own consumer -- so dL/dx is that op's copy's gradient, not the sum over the copies.
+x is the ReLU'd copy: since dL/dx = 0 where the pre-activation is negative and relu(x) = x
+elsewhere, ``x * dx`` is the same before or after the ReLU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cnas_ir.ir import Graph
+from cnas_ir.passes.fold import fold
+from cnas_ir.passes.prune import normalize_per_op
+
+from .data import Split
+from .lower import CnasModule, _Tap, lower
+from .train import pick_device
+
+__all__ = ["raw_taylor_scores", "taylor_saliency"]
+
+
+class _Recorder:
+    """Forward hook on an op's x tap: keeps each x view (one per stride group, in x order) and
+    accumulates its score after the backward pass."""
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.views: list[Tensor] = []
+        self.score = torch.zeros(n, dtype=torch.float32, device=device)
+
+    def __call__(self, module: torch.nn.Module, inputs: object, out: Tensor) -> None:
+        out.retain_grad()
+        self.views.append(out)
+
+    def collect(self) -> None:
+        parts = []
+        for v in self.views:
+            g = v.grad if v.grad is not None else torch.zeros_like(v)
+            # (N, n, H, W) -> per image and channel the spatial mean of x * dx, magnitude, summed
+            parts.append((v.detach().float() * g.float()).mean(dim=(2, 3)).abs().sum(0))
+        if parts:
+            self.score += torch.cat(parts)
+        self.views.clear()
+
+
+def _taps(module: CnasModule) -> dict[str, torch.nn.Module]:
+    """The ``cellI.nodeK.opJ.x`` tap of every op in the module, by op name."""
+    return {name.removesuffix(".x"): m for name, m in module.named_modules() if isinstance(m, _Tap)}
+
+
+def raw_taylor_scores(
+    graph: Graph, data: Split, *, batches: int, batch_size: int = 64, device: str = "auto", seed: int = 0
+) -> np.ndarray:
+    """float32[V]: the accumulated ``|mean_hw(x * dL/dx)|`` of every live x vertex of the folded
+    graph (NaN elsewhere), before normalisation. ``graph`` must hold weights."""
+    g = fold(graph)
+    dev = pick_device(device)
+    module = lower(g, "compact").to(dev).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    recorders: dict[str, _Recorder] = {}
+    handles = []
+    by_name = {f"cell{op.cell}.node{op.node}.op{op.j}": op for op in g.ops}
+    for name, tap in _taps(module).items():
+        rec = recorders[name] = _Recorder(int(g.alive[g.group_slice(by_name[name].x)].sum()), dev)
+        handles.append(tap.register_forward_hook(rec))
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=gen)
+    n_batches = min(batches, max(1, (len(data) + batch_size - 1) // batch_size))
+    try:
+        for b in range(n_batches):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            images = data.images[idx].to(dev).requires_grad_(True)  # lets autograd reach the x
+            loss = F.cross_entropy(module(images), data.labels[idx].to(dev), reduction="sum")
+            loss.backward()
+            for rec in recorders.values():
+                rec.collect()
+    finally:
+        for h in handles:
+            h.remove()
+    out = np.full(g.num_vertices, np.nan, dtype=np.float32)
+    for name, rec in recorders.items():
+        sl = g.group_slice(by_name[name].x)
+        live = np.flatnonzero(g.alive[sl]) + sl.start
+        out[live] = rec.score.cpu().numpy()
+    return out
+
+
+def taylor_saliency(
+    graph: Graph, data: Split, *, batches: int, batch_size: int = 64, device: str = "auto", seed: int = 0
+) -> Graph:
+    """``graph`` (folded) with the L2-normalised Taylor saliency of every live x vertex."""
+    if not graph.weights:
+        raise ValueError("taylor saliency needs trained weights")
+    g = fold(graph)
+    raw = raw_taylor_scores(g, data, batches=batches, batch_size=batch_size, device=device, seed=seed)
+    return g.replace(saliency=normalize_per_op(g, np.nan_to_num(raw)))

@@ -1,0 +1,117 @@
+"""The search (CNAS §2.2), end to end: one-shot training if needed, then score -> prune ->
+fine-tune until the cells fit rho.
+
+The loop itself is :func:`cnas_ir.passes.prune.prune_to_rho` (numpy only); this module supplies
+the PyTorch steps: Taylor saliency, one-epoch fine-tuning between iterations, and the
+validation accuracy shown per iteration. Torch is imported only when a step needs it, so
+random pruning of an untrained graph with no fine-tuning runs on the arrays alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cnas_ir.errors import InputError
+from cnas_ir.ir import Graph
+from cnas_ir.passes.prune import Iteration, prune_to_rho, random_saliency, weight_saliency
+from cnas_ir.rundir import RunDir
+
+__all__ = ["SearchSettings", "search"]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    rho: float
+    gamma: float = 0.1
+    criterion: str = "taylor"  # taylor | random | weight
+    seed: int = 0
+    finetune_epochs: int = 1
+    saliency_batches: int = 100
+    device: str = "auto"
+
+
+def search(
+    graph: Graph,
+    settings: SearchSettings,
+    *,
+    data: Any = None,
+    run: RunDir | None = None,
+    say: Callable[[str], None] = lambda _: None,
+    progress: bool = False,
+) -> Graph:
+    """Prune ``graph`` to ``settings.rho``; returns the folded, pruned graph (weights kept).
+
+    ``data`` is a :class:`cnas_ir.backends.pytorch.data.Splits` (loaded from the spec when
+    needed and not given). ``say`` receives one line per iteration and per notable step.
+    """
+    s = settings
+    if s.criterion not in ("taylor", "random", "weight"):
+        raise InputError(f"--criterion {s.criterion!r}: choose taylor, random or weight")
+    needs_data = s.criterion == "taylor" or (s.finetune_epochs > 0 and (graph.weights or s.criterion == "taylor"))
+
+    def splits() -> Any:
+        nonlocal data
+        if data is None:
+            from cnas_ir.backends.pytorch.data import load_dataset
+
+            data = load_dataset(graph.spec)
+        return data
+
+    if s.criterion == "taylor" and not graph.weights:
+        # The paper's step 1: saliency is only meaningful on a trained one-shot model.
+        from cnas_ir.backends.pytorch.train import train
+
+        say(f"no trained weights: training the one-shot model first ({graph.spec.train.epochs} epochs, spec's train)")
+        graph = train(graph, data=splits(), device=s.device, run=run, progress=progress, checkpoint="oneshot")
+    if s.criterion == "weight" and not graph.weights:
+        raise InputError("the weight criterion needs trained weights: run `cnas-ir train` first")
+    finetune_epochs = s.finetune_epochs
+    if finetune_epochs > 0 and not graph.weights:
+        say("no trained weights: fine-tuning between iterations is skipped (random pruning of an untrained graph)")
+        finetune_epochs = 0
+
+    calls = {"n": 0}
+
+    def score(g: Graph) -> Graph:
+        calls["n"] += 1
+        if s.criterion == "random":
+            return random_saliency(g, seed=s.seed * 100_003 + calls["n"])
+        if s.criterion == "weight":
+            return weight_saliency(g)
+        from cnas_ir.backends.pytorch.saliency import taylor_saliency
+
+        return taylor_saliency(g, splits().train, batches=s.saliency_batches, device=s.device, seed=s.seed)
+
+    def finetune(g: Graph) -> Graph:
+        from cnas_ir.backends.pytorch.train import train
+
+        return train(
+            g, epochs=finetune_epochs, data=splits(), device=s.device, run=run, progress=progress,
+            checkpoint="finetune", seed=s.seed + calls["n"],
+        )  # fmt: skip
+
+    def report(it: Iteration, g: Graph) -> None:
+        acc = ""
+        if g.weights and needs_data:
+            from cnas_ir.backends.pytorch.train import evaluate
+
+            acc = f", val acc {evaluate(g, 'val', data=splits(), device=s.device)['accuracy']:.2%}"
+        say(
+            f"iteration {it.index}: removed {it.removed:,} x, {it.x_live:,} left, "
+            f"cell params {it.params_live:,}, rho {it.rho:.4f}{acc}"
+        )
+        if run is not None:
+            run.log({"cmd": "prune", "iteration": it.index, "removed": it.removed, "x_live": it.x_live,
+                     "params_live": it.params_live, "rho": it.rho})  # fmt: skip
+
+    return prune_to_rho(
+        graph,
+        s.rho,
+        gamma=s.gamma,
+        score=score,
+        finetune=finetune if finetune_epochs > 0 else None,
+        on_iteration=report,
+        criterion=s.criterion,
+    )
