@@ -291,7 +291,6 @@ def prune(
         device=device,
     )
     splits = _load_data(graph, data) if data is not None else None
-    _info(f"pruning {src} to rho {settings.rho} ({settings.criterion}, gamma {settings.gamma})")
     pruned = search(graph, settings, data=splits, run=ctx.run, say=_info, progress=sys.stderr.isatty())
     stats = compute_stats(pruned)
     path = _write(ctx, pruned, out, "prune")

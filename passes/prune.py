@@ -35,6 +35,7 @@ from cnas_ir.weights import weight_table
 __all__ = [
     "PruneStep",
     "cell_params",
+    "check_rho",
     "min_feasible_rho",
     "normalize_per_op",
     "prune_to_rho",
@@ -93,6 +94,16 @@ def weight_saliency(g: Graph) -> Graph:
                 per_x = w.sum(axis=tuple(i for i in range(w.ndim) if i != axis))
                 scores[g.group_slice(group)] += per_x
     return g.replace(saliency=normalize_per_op(g, scores))
+
+
+def check_rho(g: Graph, rho: float) -> None:
+    """Refuse a rho below the fixed preprocessing share, naming the smallest feasible one."""
+    floor = min_feasible_rho(g)
+    if rho < floor:
+        raise InputError(
+            f"rho {rho} is below the fixed preprocessing share of the cell parameters; "
+            f"the smallest feasible rho is {math.ceil(floor * 1e6) / 1e6:.6f}"
+        )
 
 
 @dataclass(frozen=True)
@@ -157,12 +168,7 @@ def prune_to_rho(
     """Iterate score -> prune step -> (fine-tune) until the cells' parameters are <= rho of the
     one-shot cells'. ``score`` must set the saliency of every live x vertex. Returns the folded,
     pruned graph with one history event per iteration."""
-    floor = min_feasible_rho(graph)
-    if rho < floor:
-        raise InputError(
-            f"rho {rho} is below the fixed preprocessing share of the cell parameters; "
-            f"the smallest feasible rho is {math.ceil(floor * 1e6) / 1e6:.6f}"
-        )
+    check_rho(graph, rho)
     g = fold(graph)
     live_params, full = cell_params(g)
     target = math.floor(rho * full)

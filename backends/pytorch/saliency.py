@@ -31,7 +31,7 @@ from cnas_ir.passes.prune import normalize_per_op
 
 from .data import Split
 from .lower import CnasModule, _Tap, lower
-from .train import pick_device
+from .train import cpu_threads, pick_device
 
 __all__ = ["raw_taylor_scores", "taylor_saliency"]
 
@@ -84,13 +84,14 @@ def raw_taylor_scores(
     order = torch.randperm(len(data), generator=gen)
     n_batches = min(batches, max(1, (len(data) + batch_size - 1) // batch_size))
     try:
-        for b in range(n_batches):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            images = data.images[idx].to(dev).requires_grad_(True)  # lets autograd reach the x
-            loss = F.cross_entropy(module(images), data.labels[idx].to(dev), reduction="sum")
-            loss.backward()
-            for rec in recorders.values():
-                rec.collect()
+        with cpu_threads(dev, g, None):  # the trainer's thread policy: one thread for tiny inputs
+            for b in range(n_batches):
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                images = data.images[idx].to(dev).requires_grad_(True)  # lets autograd reach the x
+                loss = F.cross_entropy(module(images), data.labels[idx].to(dev), reduction="sum")
+                loss.backward()
+                for rec in recorders.values():
+                    rec.collect()
     finally:
         for h in handles:
             h.remove()

@@ -15,7 +15,7 @@ from typing import Any
 
 from cnas_ir.errors import InputError
 from cnas_ir.ir import Graph
-from cnas_ir.passes.prune import Iteration, prune_to_rho, random_saliency, weight_saliency
+from cnas_ir.passes.prune import Iteration, check_rho, prune_to_rho, random_saliency, weight_saliency
 from cnas_ir.rundir import RunDir
 
 __all__ = ["SearchSettings", "search"]
@@ -49,6 +49,10 @@ def search(
     s = settings
     if s.criterion not in ("taylor", "random", "weight"):
         raise InputError(f"--criterion {s.criterion!r}: choose taylor, random or weight")
+    check_rho(graph, s.rho)  # refuse before any training, not after
+    if s.criterion == "weight" and not graph.weights:
+        raise InputError("the weight criterion needs trained weights: run `cnas-ir train` first")
+    say(f"pruning to rho {s.rho} ({s.criterion}, gamma {s.gamma}, fine-tuning {s.finetune_epochs} epoch(s))")
     needs_data = s.criterion == "taylor" or (s.finetune_epochs > 0 and (graph.weights or s.criterion == "taylor"))
 
     def splits() -> Any:
@@ -65,8 +69,6 @@ def search(
 
         say(f"no trained weights: training the one-shot model first ({graph.spec.train.epochs} epochs, spec's train)")
         graph = train(graph, data=splits(), device=s.device, run=run, progress=progress, checkpoint="oneshot")
-    if s.criterion == "weight" and not graph.weights:
-        raise InputError("the weight criterion needs trained weights: run `cnas-ir train` first")
     finetune_epochs = s.finetune_epochs
     if finetune_epochs > 0 and not graph.weights:
         say("no trained weights: fine-tuning between iterations is skipped (random pruning of an untrained graph)")

@@ -55,6 +55,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "TrainInterrupted",
     "cosine_lr",
+    "cpu_threads",
     "evaluate",
     "evaluate_module",
     "pick_device",
@@ -148,7 +149,7 @@ def _sigint_flag() -> Iterator[dict[str, bool]]:
 
 
 @contextlib.contextmanager
-def _cpu_threads(device: torch.device, graph: Graph, threads: int | None) -> Iterator[None]:
+def cpu_threads(device: torch.device, graph: Graph, threads: int | None) -> Iterator[None]:
     """Intra-op threads for a CPU run: ``threads`` if given, else one thread for small work.
 
     Below about 32k input pixels per batch (the 8x8 digits net: 64 images x 64 pixels) the
@@ -290,7 +291,7 @@ def evaluate(
     splits = data if data is not None else load_dataset(graph.spec)
     dev = pick_device(device)
     module = lower(graph, "compact")  # loads graph.weights
-    with _cpu_threads(dev, graph, threads):
+    with cpu_threads(dev, graph, threads):
         return evaluate_module(module.to(dev), splits.split(split), dev, batch_size)
 
 
@@ -370,7 +371,7 @@ def train(
         bs = min(recipe.batch_size, n)
         iters = -(-n // bs)
         bar = _progress_bar(progress, total=(epochs - first) * iters, desc=f"train {graph.spec.name}")
-        with _cpu_threads(dev, graph, threads), _deterministic(dev.type == "cpu"), _sigint_flag() as flag, bar:
+        with cpu_threads(dev, graph, threads), _deterministic(dev.type == "cpu"), _sigint_flag() as flag, bar:
             for epoch in range(first, epochs):
                 t0 = time.perf_counter()
                 torch.manual_seed(_derive(seed, epoch, "dropout"))
