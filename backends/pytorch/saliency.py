@@ -33,7 +33,7 @@ from .data import Split
 from .lower import CnasModule, _Tap, lower
 from .train import cpu_threads, pick_device
 
-__all__ = ["raw_taylor_scores", "taylor_saliency"]
+__all__ = ["TaylorAccumulator", "raw_taylor_scores", "taylor_saliency"]
 
 
 class _Recorder:
@@ -64,47 +64,73 @@ def _taps(module: CnasModule) -> dict[str, torch.nn.Module]:
     return {name.removesuffix(".x"): m for name, m in module.named_modules() if isinstance(m, _Tap)}
 
 
+class TaylorAccumulator:
+    """Algorithm 1's loop body on a lowered module: ``step`` runs one minibatch forward and
+    backward with the weights frozen and adds its scores; ``scores`` maps them to vertices.
+
+    ``graph`` must be folded and ``module`` its compact lowering (in eval mode).
+    """
+
+    def __init__(self, graph: Graph, module: CnasModule) -> None:
+        self.graph = graph
+        self.module = module
+        for p in module.parameters():
+            p.requires_grad_(False)
+        dev = next(module.parameters()).device
+        self._ops = {f"cell{op.cell}.node{op.node}.op{op.j}": op for op in graph.ops}
+        self._recorders: dict[str, _Recorder] = {}
+        self._handles = []
+        for name, tap in _taps(module).items():
+            n = int(graph.alive[graph.group_slice(self._ops[name].x)].sum())
+            rec = self._recorders[name] = _Recorder(n, dev)
+            self._handles.append(tap.register_forward_hook(rec))
+
+    def step(self, images: Tensor, labels: Tensor) -> None:
+        """images (N, C, H, W) float, labels (N,) int64, on the module's device."""
+        images = images.requires_grad_(True)  # lets autograd reach the x taps
+        F.cross_entropy(self.module(images), labels, reduction="sum").backward()
+        for rec in self._recorders.values():
+            rec.collect()
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def scores(self) -> np.ndarray:
+        """float32[V]: accumulated scores of the live x vertices, NaN elsewhere."""
+        g = self.graph
+        out = np.full(g.num_vertices, np.nan, dtype=np.float32)
+        for name, rec in self._recorders.items():
+            sl = g.group_slice(self._ops[name].x)
+            out[np.flatnonzero(g.alive[sl]) + sl.start] = rec.score.cpu().numpy()
+        return out
+
+
 def raw_taylor_scores(
-    graph: Graph, data: Split, *, batches: int, batch_size: int = 64, device: str = "auto", seed: int = 0
+    graph: Graph, data: Split, *, batches: int, batch_size: int | None = None, device: str = "auto", seed: int = 0
 ) -> np.ndarray:
     """float32[V]: the accumulated ``|mean_hw(x * dL/dx)|`` of every live x vertex of the folded
-    graph (NaN elsewhere), before normalisation. ``graph`` must hold weights."""
+    graph (NaN elsewhere), before normalisation, over the first ``batches`` minibatches of a
+    seeded shuffle of ``data`` (``batch_size`` defaults to the spec's). Needs weights."""
     g = fold(graph)
     dev = pick_device(device)
-    module = lower(g, "compact").to(dev).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    recorders: dict[str, _Recorder] = {}
-    handles = []
-    by_name = {f"cell{op.cell}.node{op.node}.op{op.j}": op for op in g.ops}
-    for name, tap in _taps(module).items():
-        rec = recorders[name] = _Recorder(int(g.alive[g.group_slice(by_name[name].x)].sum()), dev)
-        handles.append(tap.register_forward_hook(rec))
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data), generator=gen)
+    batch_size = batch_size or g.spec.train.batch_size
+    acc = TaylorAccumulator(g, lower(g, "compact").to(dev).eval())
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     n_batches = min(batches, max(1, (len(data) + batch_size - 1) // batch_size))
     try:
         with cpu_threads(dev, g, None):  # the trainer's thread policy: one thread for tiny inputs
             for b in range(n_batches):
                 idx = order[b * batch_size : (b + 1) * batch_size]
-                images = data.images[idx].to(dev).requires_grad_(True)  # lets autograd reach the x
-                loss = F.cross_entropy(module(images), data.labels[idx].to(dev), reduction="sum")
-                loss.backward()
-                for rec in recorders.values():
-                    rec.collect()
+                acc.step(data.images[idx].to(dev), data.labels[idx].to(dev))
     finally:
-        for h in handles:
-            h.remove()
-    out = np.full(g.num_vertices, np.nan, dtype=np.float32)
-    for name, rec in recorders.items():
-        sl = g.group_slice(by_name[name].x)
-        live = np.flatnonzero(g.alive[sl]) + sl.start
-        out[live] = rec.score.cpu().numpy()
-    return out
+        acc.close()
+    return acc.scores()
 
 
 def taylor_saliency(
-    graph: Graph, data: Split, *, batches: int, batch_size: int = 64, device: str = "auto", seed: int = 0
+    graph: Graph, data: Split, *, batches: int, batch_size: int | None = None, device: str = "auto", seed: int = 0
 ) -> Graph:
     """``graph`` (folded) with the L2-normalised Taylor saliency of every live x vertex."""
     if not graph.weights:
