@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The main job, end to end, on the embedded default (scikit-learn's digits; no download).
-# build -> one-shot training -> Taylor search to rho -> CNAS-W fine-tuning -> Table 1.
+# build -> one-shot training -> Taylor search to rho -> CNAS-W fine-tuning -> ONNX -> Table 1.
 CNAS := $(VENV)/bin/cnas-ir --run-dir $(RUN)
 demo: $(VENV)/.installed
 	rm -rf $(RUN)
@@ -21,6 +21,7 @@ demo: $(VENV)/.installed
 	$(CNAS) train
 	$(CNAS) prune
 	$(CNAS) train
+	$(CNAS) export --onnx --check
 	$(CNAS) stats --markdown | tee $(RUN)/table1.md
 
 test: $(VENV)/.installed

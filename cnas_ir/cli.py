@@ -302,6 +302,49 @@ def prune(
     )
 
 
+@cli.command()
+@click.argument("artifact", required=False)
+@click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Export to ONNX (the deployment target).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Output .onnx file [default: the artifact's name with .onnx, beside it].",
+)
+@click.option(
+    "--check", is_flag=True, help="Run onnx.checker (full) and compare onnxruntime with PyTorch at batch 1 and 7."
+)
+@click.option("--allow-untrained", is_flag=True, help="Export an artifact without weights (its initialisation).")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON on stdout.")
+@pass_ctx
+def export(
+    ctx: Context,
+    artifact: str | None,
+    to_onnx: bool,
+    out: str | None,
+    check: bool,
+    allow_untrained: bool,
+    as_json: bool,
+) -> None:
+    """Export ARTIFACT's compacted network for inference (eval mode, dynamic batch).
+
+    The graph is folded, BatchNorm folded into the convolutions, the ops of each node merged
+    into one pointwise conv, ReLU computed once per state, and only live parameters stored.
+    """
+    from cnas_ir.backends.onnx import export as export_onnx
+
+    src, graph = _load(ctx, artifact)
+    path = Path(out) if out else src.with_suffix(".onnx")
+    if path.suffix != ".onnx":
+        raise InputError(f"{path}: the output's name must end in .onnx")
+    if not path.parent.exists():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    report = export_onnx(graph, path, check=check, allow_untrained=allow_untrained)
+    if as_json:
+        _echo_json(report.to_json())
+    _info(report.summary())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns every error into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv

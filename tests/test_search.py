@@ -104,3 +104,16 @@ def test_fold_preserves_the_function(seed):
         for module in (lower(f, "masked"), lower(f, "compact"), lower(g, "compact")):
             assert torch.allclose(module.eval()(x), ref, atol=1e-5, rtol=0)
     assert lower(f, "compact").num_parameters() == compute_stats(f).model_params_live
+
+
+def test_cli_export_after_prune(tmp_path, capsys):
+    run(["build", str(EXAMPLES / "tiny.yaml")], tmp_path, capsys)
+    code, _, err = run(["export", "--onnx"], tmp_path, capsys)
+    assert code == 2 and "--allow-untrained" in err and err.count("\n") == 1
+    run(["prune", "--rho", "0.6", "--criterion", "random", "--finetune-epochs", "0"], tmp_path, capsys)
+    code, out, err = run(["export", "--onnx", "--allow-untrained", "--check", "--json"], tmp_path, capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert (tmp_path / "cnas-run" / "002-prune.onnx").exists() and report["check"]["passed"]
+    code, _, err = run(["export", "--onnx", "-o", "x.txt"], tmp_path, capsys)
+    assert code == 2 and "must end in .onnx" in err

@@ -1,0 +1,184 @@
+"""A small ONNX graph builder, the channel-gather planner and dead-code elimination.
+
+:class:`OnnxBuilder` accumulates nodes and numpy initializers and turns them into a
+``ModelProto`` with :mod:`onnx.helper`; it knows nothing of the channel graph. Two passes that
+the exporter relies on live here so that they can be tested alone:
+
+- :func:`plan_gather`: how a merged node reads its input channels from the cell's states with
+  *one* data-movement node (or none): the states themselves, a Concat of whole states, one
+  Slice of a contiguous range, or one Gather on axis 1 (over a Concat of the states it reads).
+- :func:`eliminate_dead_code`: drop nodes whose outputs reach no graph output and
+  initializers that no remaining node reads, so the file holds no dead weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["GatherPlan", "OnnxBuilder", "eliminate_dead_code", "plan_gather", "value_info"]
+
+
+# ---- gather planning ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatherPlan:
+    """How to assemble channels ``(state[i], pos[i])``, i = 0..n-1, into one (N, n, H, W) tensor.
+
+    - ``"identity"``: the input is exactly ``states[0]``;
+    - ``"concat"``: ``Concat(states...)`` -- each piece is a whole state (repeats allowed);
+    - ``"slice"``: ``states[0][:, start:stop]``;
+    - ``"gather"``: ``Gather(Concat(states...), index, axis=1)`` (no Concat for one state),
+      ``index`` int64[n] into the concatenation of ``states`` (distinct, in ascending order).
+    """
+
+    kind: Literal["identity", "concat", "slice", "gather"]
+    states: tuple[int, ...]
+    start: int = 0
+    stop: int = 0
+    index: np.ndarray | None = None
+
+
+def plan_gather(state: np.ndarray, pos: np.ndarray, sizes: Sequence[int]) -> GatherPlan:
+    """Plan the channel gather of ``n`` inputs in their given order (the weights follow it).
+
+    ``state`` int[n]: which state each input channel copies; ``pos`` int[n]: its channel within
+    that state; ``sizes[s]``: channels of state s. Emits at most one data-movement node: no
+    node when the input is one whole state, one Concat when it is whole states only, one
+    Slice for one contiguous run, else one Gather (plus the Concat of the states it reads when
+    there are several -- a Gather has one data input).
+    """
+    state = np.asarray(state, np.int64)
+    pos = np.asarray(pos, np.int64)
+    if state.size == 0:
+        raise ValueError("plan_gather needs at least one input channel")
+    # Runs: maximal stretches of consecutive channels of one state.
+    breaks = np.flatnonzero((np.diff(state) != 0) | (np.diff(pos) != 1)) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [state.size]])
+    run_state = state[starts]
+    run_lo, run_len = pos[starts], stops - starts
+    whole = (run_lo == 0) & (run_len == np.asarray(sizes, np.int64)[run_state])
+    if whole.all():
+        states = tuple(int(s) for s in run_state)
+        return GatherPlan("identity" if len(states) == 1 else "concat", states)
+    if starts.size == 1:
+        lo = int(run_lo[0])
+        return GatherPlan("slice", (int(run_state[0]),), lo, lo + int(run_len[0]))
+    read = np.unique(state)
+    offset = np.zeros(int(read.max()) + 1, np.int64)
+    offset[read] = np.concatenate([[0], np.cumsum(np.asarray(sizes, np.int64)[read])[:-1]])
+    return GatherPlan("gather", tuple(int(s) for s in read), index=offset[state] + pos)
+
+
+# ---- the builder ----------------------------------------------------------------------------------
+
+
+@dataclass
+class OnnxBuilder:
+    """Nodes and initializers of one ONNX graph, built in topological order.
+
+    Tensor names are strings; :meth:`node` returns the output name(s) it made up from the
+    node's name. Float initializers are parameters; int64 ones are indices and shapes
+    (:meth:`ints` shares equal constants).
+    """
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: dict[str, np.ndarray] = field(default_factory=dict)
+    _names: set[str] = field(default_factory=set)
+    _ints: dict[tuple[int, ...], str] = field(default_factory=dict)
+
+    def fresh(self, name: str) -> str:
+        """``name``, or ``name_2``, ``name_3``... if already taken."""
+        out, i = name, 1
+        while out in self._names:
+            i += 1
+            out = f"{name}_{i}"
+        self._names.add(out)
+        return out
+
+    def node(self, op_type: str, inputs: Sequence[str], name: str, **attrs: Any) -> str:
+        """Append a one-output node; returns its output tensor name (== the node name)."""
+        out = self.fresh(name)
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """Add a float32 initializer named ``name``; returns its name."""
+        out = self.fresh(name)
+        self.initializers[out] = np.ascontiguousarray(array, dtype=np.float32)
+        return out
+
+    def ints(self, values: Sequence[int], name: str = "const") -> str:
+        """An int64 initializer holding ``values`` (shared between equal requests)."""
+        key = tuple(int(v) for v in values)
+        if key not in self._ints:
+            out = self.fresh(name)
+            self.initializers[out] = np.asarray(key, dtype=np.int64)
+            self._ints[key] = out
+        return self._ints[key]
+
+    def model(
+        self,
+        inputs: Sequence[onnx.ValueInfoProto],
+        outputs: Sequence[onnx.ValueInfoProto],
+        *,
+        opset: int,
+        name: str,
+        doc: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> onnx.ModelProto:
+        """The ``ModelProto``: weights embedded (raw data, no external files)."""
+        graph = helper.make_graph(
+            self.nodes,
+            name,
+            list(inputs),
+            list(outputs),
+            initializer=[numpy_helper.from_array(a, n) for n, a in self.initializers.items()],
+            doc_string=doc,
+        )
+        opsets = [helper.make_opsetid("", opset)]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="cnas-ir")
+        # The oldest IR version that carries this opset: runtimes older than onnx itself load it.
+        model.ir_version = helper.find_min_ir_version_for(opsets)
+        for k, v in (metadata or {}).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+        return model
+
+
+def value_info(name: str, shape: Sequence[int | str]) -> onnx.ValueInfoProto:
+    """A float32 graph input/output; a str dimension is symbolic (the dynamic batch)."""
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+# ---- dead-code elimination ----------------------------------------------------------------------
+
+
+def eliminate_dead_code(model: onnx.ModelProto) -> int:
+    """Remove, in place, nodes that no graph output depends on and unread initializers.
+
+    Works on the main graph (the exporter emits no subgraphs). Returns how many nodes and
+    initializers were removed.
+    """
+    g = model.graph
+    needed = {o.name for o in g.output}
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    removed = len(g.node) - len(keep)
+    if removed:
+        del g.node[:]
+        g.node.extend(reversed(keep))
+    dead = [i for i, t in enumerate(g.initializer) if t.name not in needed]
+    for i in reversed(dead):
+        del g.initializer[i]
+    return removed + len(dead)
