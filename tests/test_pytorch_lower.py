@@ -426,3 +426,21 @@ def test_x_hook_gives_each_op_its_own_gradient(space: str, pruned: bool) -> None
         want = torch.cat(scores["masked"][name]).numpy()
         op = next(o for o in g.ops if name == f"cell{o.cell}.node{o.node}.op{o.j}.x")
         np.testing.assert_allclose(got, want[g.alive[g.group_slice(op.x)]], rtol=1e-8, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("space", ["nasnet", "densenet"])
+def test_multiply_adds_counted_by_torch_match_stats(space: str) -> None:
+    # torch's own FLOP counter (2 FLOPs per multiply-add of every conv and matmul the module
+    # runs) against the IR's cost table, on a pruned graph with dead ops and nodes.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cnas_ir.passes.fold import fold
+
+    g = nasnet_graph() if space == "nasnet" else densenet_graph()
+    g = fold(random_alive(g, 3))
+    module = lower(g, "compact").eval()
+    spec = g.spec
+    x = torch.randn(2, spec.input.channels, spec.input.size, spec.input.size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x)
+    assert counter.get_total_flops() == 2 * 2 * compute_stats(g).macs_live
