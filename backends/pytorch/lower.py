@@ -10,6 +10,10 @@ Two modes compute the same function (eval mode, float32 tolerance):
   its depthwise conv over them and its pointwise conv to C. Dead operations and dead nodes are
   not in the module at all; preprocessing convs and the head keep only live input columns.
   Its parameter count equals ``compute_stats(graph).model_params_live`` on a folded graph.
+  In eval mode with autograd off, a NASNet cell runs a fused inference plan (:class:`_FusedCell`:
+  one gather per node and stride, a node's ops as one depthwise + one pointwise conv with the
+  BNs folded, channels_last gathers on the (N*H*W, C) view); training and saliency (autograd
+  on) run the per-op path, where each op's BN and tap are separate modules.
 
 Liveness rules shared by both modes (they make the two agree on any verified graph):
 
@@ -194,6 +198,8 @@ class _SepConv(nn.Module):
         super().__init__()
         self.gathers = nn.ModuleList(_Gather(p, state_sizes) for _, p in reads)
         self.strides = tuple(s for s, _ in reads)
+        self.reads = [(s, list(p)) for s, p in reads]  # for the cell's fused inference path
+        self.state_sizes = list(state_sizes)
         n = sum(g.channels for g in self.gathers)
         self.x = _Tap()
         self.dw = nn.Conv2d(n, n, 3, padding=1, groups=n, bias=False)
@@ -245,9 +251,14 @@ class _NasnetCell(nn.Module):
             self._nodes.append((computed, read_later, list(ops)))
         self.width = width
         self.reduction = reduction
+        # Compact mode: the inference plan (eval, no autograd) -- see _FusedCell.
+        masked = any(op.masked for _, _, ops in nodes for op in ops.values())
+        self._fused = None if masked else _FusedCell(nodes, reduction)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         d = torch.cat([self.d_a(a), self.d_b(b)], 1)
+        if self._fused is not None and not self.training and not torch.is_grad_enabled():
+            return self._fused.forward(self, d)
         # State 0 is ReLU(d_a | d_b), state k is ReLU(z_k): each computed once for all readers.
         states: list[Tensor | None] = [F.relu(d)]
         cache: _Cache = {}
@@ -276,6 +287,167 @@ class _NasnetCell(nn.Module):
         if self.reduction:
             h, w = (h + 1) // 2, (w + 1) // 2
         return d.new_zeros(n, channels, h, w)
+
+
+# ---- fused inference path (compact mode, eval, no autograd) --------------------------------------
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Eval-mode BN as ``scale * x + shift`` per channel: (float[C], float[C])."""
+    assert bn.running_var is not None and bn.running_mean is not None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _gather_rows(buf: Tensor, index: Tensor | tuple[int, int]) -> Tensor:
+    """Channels ``index`` (a tensor, or a (start, stop) range: a view) of ``buf`` (N, C, H, W).
+
+    A channels_last buffer is gathered on its (N*H*W, C) view: ``index_select`` over dim 1 of
+    a channels_last tensor returns a channels-first copy and is several times slower.
+    """
+    if isinstance(index, tuple):
+        return buf[:, index[0] : index[1]]
+    n, c, h, w = buf.shape
+    if n * h * w > 1 and buf.is_contiguous(memory_format=torch.channels_last) and not buf.is_contiguous():
+        flat = buf.permute(0, 2, 3, 1).reshape(n * h * w, c).index_select(1, index)
+        return flat.view(n, h, w, -1).permute(0, 3, 1, 2)
+    return buf.index_select(1, index)
+
+
+class _FusedCell:
+    """A compact NASNet cell for inference: the same function, fewer and larger kernels.
+
+    - the ReLU'd states an op reads are written (by ``clamp_min(out=)``) into one buffer per
+      resolution, ``[relu(d) | relu(z_1) | ...]`` (a reduction cell's d has its own: it is at
+      the input resolution), so a node's inputs of one stride are ONE gather from one buffer --
+      a view when the channels are a contiguous run -- instead of one index_select per piece
+      per op plus a concat;
+    - a node's J ops run as one depthwise conv per stride group over the concatenation of
+      their inputs and one pointwise conv whose columns are the ops' PW columns with each op's
+      BN folded in, bias = the sum of the BN shifts (the ONNX backend's merge, in eager);
+    - each op's tap is still called on its own input (a view of the node's gather), in x order,
+      once per stride group, so forward hooks see what the reference path gives them.
+
+    Folded weights are cached and rebuilt when any source tensor changes (data pointer or
+    in-place version), so training, ``load_graph_weights`` and ``.to()`` are all seen.
+    """
+
+    def __init__(self, nodes: Sequence[tuple[bool, bool, dict[str, _SepConv]]], reduction: bool) -> None:
+        # Buffer slot of every state read later: state 0 (d) in buffer 0; z states in buffer 1
+        # in a reduction cell, after d in buffer 0 in a normal one.
+        first = next((op for _, _, ops in nodes for op in ops.values()), None)
+        sizes = [] if first is None else first.state_sizes
+        self.reduction = reduction
+        read = [True] + [r for _, r, _ in nodes]
+        self.slot: dict[int, tuple[int, int, int]] = {}  # state -> (buffer, offset, size)
+        offsets = [0, 0]
+        for st in range(len(sizes)):
+            if not read[st]:
+                continue
+            buf = 1 if (reduction and st > 0) else 0
+            self.slot[st] = (buf, offsets[buf], sizes[st])
+            offsets[buf] += sizes[st]
+        self.buffer_sizes = offsets
+        # Per node: [(stride, buffer, index or range, [(op name, start, stop)])] per stride group.
+        self.plans: list[list[tuple[int, int, Tensor | tuple[int, int], list[tuple[str, int, int]]]]] = []
+        for _, _, ops in nodes:
+            groups: dict[int, tuple[list[np.ndarray], list[tuple[str, int, int]]]] = {}
+            for name, op in ops.items():
+                for stride, ps in op.reads:
+                    idx, spans = groups.setdefault(stride, ([], []))
+                    start = sum(i.size for i in idx)
+                    for st, p in ps:
+                        buf, off, _ = self.slot[st]
+                        idx.append(p + off)
+                    spans.append((name, start, sum(i.size for i in idx)))
+            plan = []
+            for stride in sorted(groups, reverse=True):  # stride 2 (from d) first: x order
+                idx, spans = groups[stride]
+                index = np.concatenate(idx)
+                buf = 1 if (reduction and stride == 1) else 0
+                lo = int(index[0])
+                if np.array_equal(index, np.arange(lo, lo + index.size)):
+                    where: Tensor | tuple[int, int] = (lo, lo + index.size)
+                else:
+                    where = torch.as_tensor(index, dtype=torch.long)
+                plan.append((stride, buf, where, spans))
+            self.plans.append(plan)
+        self._key: tuple[object, ...] | None = None
+        self._weights: list[tuple[list[Tensor], Tensor, Tensor]] = []
+
+    def _folded(self, cell: _NasnetCell) -> list[tuple[list[Tensor], Tensor, Tensor]]:
+        """Per node: (DW weight per stride group, merged PW weight, PW bias)."""
+        tensors = [t for m in cell.modules() if isinstance(m, _SepConv) for t in (*m.parameters(), *m.buffers())]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if key == self._key:
+            return self._weights
+        out: list[tuple[list[Tensor], Tensor, Tensor]] = []
+        for k, plan in enumerate(self.plans, 1):
+            if not plan:
+                out.append(([], torch.empty(0), torch.empty(0)))
+                continue
+            node = getattr(cell, f"node{k}")
+            dws, pws, bias = [], [], None
+            affine = {name: _bn_affine(node[name].bn) for name in node}
+            for stride, _, _, spans in plan:
+                parts = []
+                for name, _, _ in spans:
+                    op: _SepConv = node[name]
+                    a, b = op._spans[op.strides.index(stride)]
+                    parts.append(op.dw.weight[a:b])
+                    pws.append(op.pw.weight[:, a:b] * affine[name][0].view(-1, 1, 1, 1))
+                dws.append(torch.cat(parts, 0).contiguous())
+            for scale_shift in affine.values():
+                bias = scale_shift[1] if bias is None else bias + scale_shift[1]
+            assert bias is not None
+            out.append((dws, torch.cat(pws, 1).contiguous(), bias.contiguous()))
+        self._key, self._weights = key, out
+        return out
+
+    def forward(self, cell: _NasnetCell, d: Tensor) -> Tensor:
+        weights = self._folded(cell)
+        n, _, h, w = d.shape
+        hz, wz = ((h + 1) // 2, (w + 1) // 2) if self.reduction else (h, w)
+        fmt = torch.channels_last if d.is_contiguous(memory_format=torch.channels_last) and n * h * w > 1 else None
+        bufs: list[Tensor | None] = [None, None]
+        for i, (size, (hh, ww)) in enumerate(zip(self.buffer_sizes, ((h, w), (hz, wz)), strict=True)):
+            if size:
+                bufs[i] = torch.empty(
+                    n, size, hh, ww, dtype=d.dtype, device=d.device, memory_format=fmt or torch.contiguous_format
+                )
+        if 0 in self.slot:
+            buf, off, size = self.slot[0]
+            torch.clamp_min(d, 0, out=bufs[buf][:, off : off + size])  # type: ignore[index]
+        zs: list[Tensor] = []
+        for k, ((computed, _, _), plan, (dws, pw, bias)) in enumerate(
+            zip(cell._nodes, self.plans, weights, strict=True), 1
+        ):
+            if not computed:
+                continue
+            if not plan:  # a live z whose ops are all dead is zero
+                z = cell._zeros(d, cell.width)
+            else:
+                node = getattr(cell, f"node{k}")
+                outs = []
+                for (stride, buf, where, spans), dw in zip(plan, dws, strict=True):
+                    x = _gather_rows(bufs[buf], where)  # type: ignore[arg-type]
+                    for name, a, b in spans:
+                        node[name].x(x[:, a:b])  # each op's tap on its own input
+                    outs.append(F.conv2d(x, dw, stride=stride, padding=1, groups=dw.shape[0]))
+                hcat = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+                z = F.conv2d(hcat, pw, bias)
+            zs.append(z)
+            if k in self.slot:
+                buf, off, size = self.slot[k]
+                torch.clamp_min(z, 0, out=bufs[buf][:, off : off + size])  # type: ignore[index]
+        if not zs:
+            return cell._zeros(d, 0)
+        return zs[0] if len(zs) == 1 else torch.cat(zs, 1)
 
 
 # ---- DenseNet-BC building blocks -------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""The compact module's fused inference path (eval, no autograd) against the reference paths.
+
+``lower(graph, "compact")`` runs a NASNet cell through ``_FusedCell`` when it is in eval mode and
+autograd is off: one gather per node and stride from a buffer of ReLU'd states, one depthwise
+conv per stride and one pointwise conv per node with the ops' BNs folded. It must compute the
+function of the masked module, in channels-first and channels_last, and keep calling each op's
+tap on its own input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_pytorch_lower import SIZE, calibrated, logits, nasnet_graph, random_alive
+
+from cnas_ir.backends.pytorch import lower
+from cnas_ir.backends.pytorch.lower import _FusedCell, _gather_rows
+
+GRAPHS = {
+    "nasnet": lambda: nasnet_graph(),
+    "nasnet-2x2": lambda: nasnet_graph(channels=6, stacks=2, cells=2, nodes=2, ops=1),
+    "nasnet-3ops": lambda: nasnet_graph(channels=5, stacks=2, cells=1, nodes=3, ops=3),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def reference(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The per-op reference path: eval mode with autograd on (what saliency runs)."""
+    m.eval()
+    with torch.enable_grad():
+        return m(x).detach()
+
+
+@pytest.mark.parametrize("space", GRAPHS)
+@pytest.mark.parametrize(("seed", "fold"), [(0, True), (1, False), (2, True)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_compact_equals_masked(space: str, seed: int, fold: bool, channels_last: bool) -> None:
+    g = calibrated(random_alive(GRAPHS[space](), seed, fold=fold), seed)
+    x = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+    masked = lower(g, "masked")
+    compact = lower(g, "compact")
+    assert any(c._fused is not None for c in compact._cells())
+    ref = logits(masked, x)
+    if channels_last:
+        compact = compact.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    fused = logits(compact, x)
+    assert (fused - ref).abs().max().item() < 1e-5
+    assert (fused - reference(compact, x)).abs().max().item() < 1e-5
+    with torch.inference_mode():
+        assert torch.equal(compact(x), fused)  # inference_mode takes the same path
+    if not channels_last:
+        ref64 = logits(masked.double(), x.double())
+        assert (logits(compact.double(), x.double()) - ref64).abs().max().item() < 1e-10
+
+
+def test_fused_path_calls_every_tap_on_its_own_input() -> None:
+    g = calibrated(random_alive(nasnet_graph(), 3), 3)
+    m = lower(g, "compact").eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, mod in m.named_modules():
+        if name.endswith(".x"):
+            mod.register_forward_hook(lambda _m, inp, out, name=name: seen.setdefault(name, []).append(out.clone()))
+    m(x)  # reference path (autograd on)
+    ref = {k: list(v) for k, v in seen.items()}
+    seen.clear()
+    with torch.no_grad():
+        m(x)
+    assert seen.keys() == ref.keys() and ref
+    for name, outs in ref.items():
+        assert len(seen[name]) == len(outs), name  # one call per stride group, in x order
+        for a, b in zip(seen[name], outs, strict=True):
+            # Equal up to float rounding: later states come from BN-folded convs.
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), name
+
+
+def test_folded_weights_follow_weight_changes() -> None:
+    g = calibrated(random_alive(nasnet_graph(), 4), 4)
+    m = lower(g, "compact").eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        m(x)  # fills the cache
+        for p in m.parameters():
+            p.mul_(0.9)
+        assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
+    m.load_graph_weights(g)
+    with torch.no_grad():
+        assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
+
+
+def test_gather_on_the_channels_last_view() -> None:
+    buf = torch.randn(3, 10, 5, 5).contiguous(memory_format=torch.channels_last)
+    index = torch.tensor([7, 1, 1, 4])
+    out = _gather_rows(buf, index)
+    assert torch.equal(out, buf.index_select(1, index))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(_gather_rows(buf, (2, 6)), buf[:, 2:6])
+
+
+def test_contiguous_node_inputs_are_views() -> None:
+    # The unpruned network: every op reads whole states, a node's ops of one stride read the
+    # same prefix of the buffer, so no plan needs an index when there is one op per node.
+    g = nasnet_graph(ops=1)
+    m = lower(g.replace(alive=np.ones_like(g.alive)), "compact")
+    plans = [p for c in m._cells() for node in c._fused.plans for p in node]
+    assert plans and all(isinstance(where, tuple) for _, _, where, _ in plans)
+    assert isinstance(m._cells()[0]._fused, _FusedCell)
