@@ -7,15 +7,18 @@ onnx) happen inside the commands that need them, so ``cnas-ir --help`` stays fas
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from cnas_ir import __version__
-from cnas_ir.errors import CnasError, InputError
+from cnas_ir.errors import CnasError, InputError, RunFailure
 from cnas_ir.rundir import RunDir
 
 __all__ = ["cli", "main"]
@@ -154,6 +157,89 @@ def _load_data(graph: Any, data: str | None) -> Any:
     return load_dataset(graph.spec, name, path)
 
 
+_NPROC_HELP = "Run on N processes of this node: relaunches the command under torchrun (one per GPU; gloo on CPU)."
+_AMP_HELP = "Mixed precision: bf16 runs forward passes under autocast (weights, optimizer and saliency stay float32)."
+_CHANNELS_LAST_HELP = "Keep weights and batches in channels-last (NHWC) layout, as tensor cores prefer."
+
+
+class _LaunchInterrupted(CnasError):
+    exit_code = 130  # the shell's code for SIGINT, as a single process reports it
+
+
+def _torchrun(ctx: Context, nproc: int) -> None:
+    """Run the current command again as ``nproc`` processes of this node under torchrun, with
+    the same arguments but ``--nproc``; raises a one-line error when it fails.
+
+    The arguments are rebuilt from what was given on the command line (plus the run directory,
+    resolved here), so a command reached through ``main(argv)`` relaunches as well as one from
+    a shell. ``--standalone`` picks a free local rendezvous port. Ctrl-C reaches torchrun too,
+    which stops the workers (the last epoch's checkpoint stays whole); we wait for it. The
+    workers print their own errors; torchrun's exit code does not say which, so a failure is
+    reported here as exit 1 (130 after Ctrl-C).
+    """
+    import subprocess
+
+    from click.core import ParameterSource
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        raise InputError("--nproc: already running under torchrun; leave --nproc out of a torchrun command")
+    cc = click.get_current_context()
+    args = ["--run-dir", str(ctx.run.path)] + (["--debug"] if ctx.debug else []) + [str(cc.info_name)]
+    for param in cc.command.params:
+        name = param.name or ""
+        if name == "nproc" or cc.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = cc.params[name]
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif isinstance(param, click.Option) and param.is_flag:
+            args += [param.opts[0]] if value else []
+        else:
+            args += [param.opts[0], str(value)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    _info(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m cnas_ir {' '.join(args)}")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # cores shared out
+    proc = subprocess.Popen([*launcher, "-m", "cnas_ir", *args], env=env)
+    interrupted = False
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:  # torchrun got it as well and is stopping the workers
+            interrupted = True
+    if interrupted:
+        resume = "; `cnas-ir train --resume` continues from the last checkpoint" if cc.info_name == "train" else ""
+        raise _LaunchInterrupted(f"interrupted: the {nproc} processes stopped{resume}")
+    if code != 0:
+        raise RunFailure(f"the {nproc} processes failed (torchrun exit code {code}); their errors are above")
+
+
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[bool]:
+    """Under torchrun, join the process group for the body (NCCL on CUDA, gloo on CPU) and
+    yield whether this is rank 0, the one that writes; elsewhere yield True (torch is not
+    imported for it: random pruning runs on the arrays alone)."""
+    if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        yield True
+        return
+    from cnas_ir.backends.pytorch import distributed
+    from cnas_ir.backends.pytorch.train import pick_device
+
+    with distributed.process_group(pick_device(device)):
+        yield distributed.is_rank0()
+
+
+def _prelaunch_checks(ctx: Context, artifact: str | None, data: str | None, out: str | None) -> None:
+    """The input errors a relaunched command would meet, found here in one line each."""
+    _check_out(out)
+    ctx.run.resolve(artifact)
+    if data is not None:
+        from cnas_ir.backends.pytorch.data import parse_data_option
+
+        parse_data_option(data)
+
+
 @cli.command()
 @click.argument("artifact", required=False)
 @click.option("--epochs", type=click.IntRange(min=0), help="Epochs to train [default: the spec's train.epochs].")
@@ -168,33 +254,41 @@ def _load_data(graph: Any, data: str | None) -> Any:
 )
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the artifact here, not in the run directory.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run from its last checkpoint.")
+@click.option("--nproc", type=click.IntRange(min=1), metavar="N", help=_NPROC_HELP)
+@click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", show_default=True, help=_AMP_HELP)
+@click.option("--channels-last", is_flag=True, help=_CHANNELS_LAST_HELP)
 @pass_ctx
 def train(
-    ctx: Context,
-    artifact: str | None,
-    epochs: int | None,
-    data: str | None,
-    reinit: bool,
-    device: str,
-    out: str | None,
-    resume: bool,
-) -> None:
+    ctx: Context, artifact: str | None, epochs: int | None, data: str | None, reinit: bool, device: str,
+    out: str | None, resume: bool, nproc: int | None, amp: str, channels_last: bool,
+) -> None:  # fmt: skip
     """Train ARTIFACT's network with the spec's recipe (SGD, Nesterov, cosine warm restarts).
 
     Metrics go to the run directory's metrics.jsonl (one line per epoch) and a checkpoint to
     checkpoints/ after every epoch; Ctrl-C stops cleanly (exit 130) and --resume continues.
-    Writes NNN-train.cnas holding the trained weights.
+    Writes NNN-train.cnas holding the trained weights. Under torchrun (or with --nproc N) it
+    trains data-parallel; the spec's batch_size is the global batch, split over the processes.
     """
     import time
 
     from cnas_ir.backends.pytorch.train import train as train_graph
 
+    if nproc is not None and nproc > 1:
+        _prelaunch_checks(ctx, artifact, data, out)
+        _torchrun(ctx, nproc)
+        return
     _check_out(out)  # before hours of training, not after
     src, graph = _load(ctx, artifact)
     splits = _load_data(graph, data)
     t0 = time.perf_counter()
-    # Ctrl-C raises TrainInterrupted (exit 130) with a one-line message on how to resume.
-    trained = train_graph(graph, epochs=epochs, data=splits, device=device, run=ctx.run, resume=resume, reinit=reinit)
+    with _process_group(device) as rank0:
+        # Ctrl-C raises TrainInterrupted (exit 130) with a one-line message on how to resume.
+        trained = train_graph(
+            graph, epochs=epochs, data=splits, device=device, run=ctx.run, resume=resume, reinit=reinit, amp=amp,
+            channels_last=channels_last,
+        )  # fmt: skip
+    if not rank0:
+        return  # rank 0 writes the artifact
     path = _write(ctx, trained, out, "train")
     ev = trained.history[-1]
     _info(
@@ -260,11 +354,14 @@ def evaluate(ctx: Context, artifact: str | None, data: str | None, split: str, d
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the artifact here, not in the run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats of the pruned graph as JSON on stdout.")
+@click.option("--nproc", type=click.IntRange(min=1), metavar="N", help=_NPROC_HELP)
+@click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", show_default=True, help=_AMP_HELP)
+@click.option("--channels-last", is_flag=True, help=_CHANNELS_LAST_HELP)
 @pass_ctx
 def prune(
     ctx: Context, artifact: str | None, rho: float | None, gamma: float | None, criterion: str | None, seed: int,
     finetune_epochs: int | None, saliency_batches: int | None, data: str | None, device: str, out: str | None,
-    as_json: bool,
+    as_json: bool, nproc: int | None, amp: str, channels_last: bool,
 ) -> None:  # fmt: skip
     """Search: prune ARTIFACT's x vertices, least salient first, until the cells fit rho.
 
@@ -273,11 +370,16 @@ def prune(
     last iteration is cost-aware, so the result lands on rho within one vertex's cost.
     With the taylor criterion an untrained artifact is first trained (the paper's step 1).
     Then `cnas-ir train` fine-tunes the result (CNAS-W) or `cnas-ir train --reinit`
-    retrains it from scratch (CNAS-R).
+    retrains it from scratch (CNAS-R). Under torchrun (or with --nproc N) training, fine-tuning
+    and saliency run data-parallel, the scores summed over the processes.
     """
     from cnas_ir.backends.pytorch.search import SearchSettings, search
     from cnas_ir.passes.stats import compute_stats
 
+    if nproc is not None and nproc > 1:
+        _prelaunch_checks(ctx, artifact, data, out)
+        _torchrun(ctx, nproc)
+        return
     _check_out(out)
     src, graph = _load(ctx, artifact)
     s = graph.spec.search
@@ -289,9 +391,14 @@ def prune(
         finetune_epochs=s.finetune_epochs if finetune_epochs is None else finetune_epochs,
         saliency_batches=s.saliency_batches if saliency_batches is None else saliency_batches,
         device=device,
+        amp=amp,
+        channels_last=channels_last,
     )
     splits = _load_data(graph, data) if data is not None else None
-    pruned = search(graph, settings, data=splits, run=ctx.run, say=_info, progress=sys.stderr.isatty())
+    with _process_group(device) as rank0:
+        pruned = search(graph, settings, data=splits, run=ctx.run, say=_info, progress=sys.stderr.isatty())
+    if not rank0:
+        return
     stats = compute_stats(pruned)
     path = _write(ctx, pruned, out, "prune")
     if as_json:
@@ -343,6 +450,12 @@ def export(
     if as_json:
         _echo_json(report.to_json())
     _info(report.summary())
+
+
+from cnas_ir.cli_view import report, show  # noqa: E402 -- they use pass_ctx and _load from above
+
+cli.add_command(show)
+cli.add_command(report)
 
 
 def main(argv: list[str] | None = None) -> int:

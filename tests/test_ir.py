@@ -163,7 +163,7 @@ def test_core_imports_no_torch_onnx_networkx():
     code = (
         "import sys, cnas_ir, cnas_ir.cli, cnas_ir.format, cnas_ir.passes.stats, cnas_ir.dump;"
         "cnas_ir.build({'name': 'x'});"
-        "print(sorted(m for m in ('torch', 'onnx', 'networkx') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'onnx', 'networkx', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -16,6 +16,13 @@ op's probe takes a view of it (``view_as``), and autograd gives each view only t
 its own consumer -- so dL/dx is that op's copy's gradient, not the sum over the copies.
 x is the ReLU'd copy: since dL/dx = 0 where the pre-activation is negative and relu(x) = x
 elsewhere, ``x * dx`` is the same before or after the ReLU.
+
+Distributed (torchrun): each minibatch is a *global* batch of ``batch_size`` images, and every
+rank takes every ``world``-th image of it. In eval mode an image's score does not depend on the
+other images of its batch and the loss is a sum over images, so the rank sums, added up by an
+all-reduce before normalisation, are the single-process scores (to float rounding): every rank
+holds the same saliency and prunes the same vertices. With ``amp="bf16"`` the forward runs
+under autocast; the products and sums stay float32.
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from cnas_ir.ir import Graph
 from cnas_ir.passes.fold import fold
 from cnas_ir.passes.prune import normalize_per_op
 
+from . import distributed
 from .data import Split
 from .lower import CnasModule, _Tap, lower
-from .train import cpu_threads, pick_device
+from .train import autocast, cpu_threads, pick_device
 
 __all__ = ["TaylorAccumulator", "raw_taylor_scores", "taylor_saliency"]
 
@@ -86,11 +94,23 @@ class TaylorAccumulator:
             self._handles.append(tap.register_forward_hook(rec))
 
     def step(self, images: Tensor, labels: Tensor) -> None:
-        """images (N, C, H, W) float, labels (N,) int64, on the module's device."""
+        """images (N, C, H, W) float, labels (N,) int64, on the module's device (N = 0: nothing)."""
+        if len(labels) == 0:
+            return
         images = images.requires_grad_(True)  # lets autograd reach the x taps
-        F.cross_entropy(self.module(images), labels, reduction="sum").backward()
+        F.cross_entropy(self.module(images).float(), labels, reduction="sum").backward()
         for rec in self._recorders.values():
             rec.collect()
+
+    def all_reduce(self) -> None:
+        """Sum the accumulated scores over the ranks of the process group (every rank must
+        call it); nothing in a single process."""
+        if not distributed.is_distributed() or not self._recorders:
+            return
+        recs = list(self._recorders.values())
+        flat = distributed.all_reduce_sum(torch.cat([r.score for r in recs]))
+        for rec, part in zip(recs, flat.split([r.score.numel() for r in recs]), strict=True):
+            rec.score.copy_(part)
 
     def close(self) -> None:
         for h in self._handles:
@@ -108,33 +128,62 @@ class TaylorAccumulator:
 
 
 def raw_taylor_scores(
-    graph: Graph, data: Split, *, batches: int, batch_size: int | None = None, device: str = "auto", seed: int = 0
+    graph: Graph,
+    data: Split,
+    *,
+    batches: int,
+    batch_size: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    amp: str = "off",
+    channels_last: bool = False,
 ) -> np.ndarray:
     """float32[V]: the accumulated ``|mean_hw(x * dL/dx)|`` of every live x vertex of the folded
     graph (NaN elsewhere), before normalisation, over the first ``batches`` minibatches of a
-    seeded shuffle of ``data`` (``batch_size`` defaults to the spec's). Needs weights."""
+    seeded shuffle of ``data`` (``batch_size`` defaults to the spec's). Needs weights.
+
+    In a process group every rank must call it with the same arguments; each scores its share
+    of every minibatch and all return the sum (module docstring)."""
     g = fold(graph)
     dev = pick_device(device)
     batch_size = batch_size or g.spec.train.batch_size
-    acc = TaylorAccumulator(g, lower(g, "compact").to(dev).eval())
+    module = lower(g, "compact").to(dev)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    acc = TaylorAccumulator(g, module.eval())
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     n_batches = min(batches, max(1, (len(data) + batch_size - 1) // batch_size))
+    rank, world = distributed.rank(), distributed.world_size()
     try:
-        with cpu_threads(dev, g, None):  # the trainer's thread policy: one thread for tiny inputs
+        with cpu_threads(dev, g, None), autocast(dev, amp):  # the trainer's thread policy
             for b in range(n_batches):
-                idx = order[b * batch_size : (b + 1) * batch_size]
-                acc.step(data.images[idx].to(dev), data.labels[idx].to(dev))
+                idx = order[b * batch_size : (b + 1) * batch_size][rank::world]
+                images = data.images[idx].to(dev)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                acc.step(images, data.labels[idx].to(dev))
+        acc.all_reduce()
     finally:
         acc.close()
     return acc.scores()
 
 
 def taylor_saliency(
-    graph: Graph, data: Split, *, batches: int, batch_size: int | None = None, device: str = "auto", seed: int = 0
+    graph: Graph,
+    data: Split,
+    *,
+    batches: int,
+    batch_size: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    amp: str = "off",
+    channels_last: bool = False,
 ) -> Graph:
     """``graph`` (folded) with the L2-normalised Taylor saliency of every live x vertex."""
     if not graph.weights:
         raise ValueError("taylor saliency needs trained weights")
     g = fold(graph)
-    raw = raw_taylor_scores(g, data, batches=batches, batch_size=batch_size, device=device, seed=seed)
+    raw = raw_taylor_scores(
+        g, data, batches=batches, batch_size=batch_size, device=device, seed=seed, amp=amp, channels_last=channels_last
+    )
     return g.replace(saliency=normalize_per_op(g, np.nan_to_num(raw)))

@@ -5,10 +5,15 @@ The loop itself is :func:`cnas_ir.passes.prune.prune_to_rho` (numpy only); this 
 the PyTorch steps: Taylor saliency, one-epoch fine-tuning between iterations, and the
 validation accuracy shown per iteration. Torch is imported only when a step needs it, so
 random pruning of an untrained graph with no fine-tuning runs on the arrays alone.
+
+Under torchrun every rank runs the same search: training and fine-tuning are data-parallel,
+saliency is summed over the ranks before ranking, and random scores are seeded alike, so all
+ranks prune the same vertices; rank 0 alone logs metrics.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +26,15 @@ from cnas_ir.rundir import RunDir
 __all__ = ["SearchSettings", "search"]
 
 
+def _rank0() -> bool:
+    """Rank 0 of a torchrun process group, or a single process (torch not imported for it)."""
+    if "torch.distributed" not in sys.modules:
+        return True
+    from cnas_ir.backends.pytorch.distributed import is_rank0
+
+    return is_rank0()
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     rho: float
@@ -30,6 +44,8 @@ class SearchSettings:
     finetune_epochs: int = 1
     saliency_batches: int = 100
     device: str = "auto"
+    amp: str = "off"  # off | bf16: autocast for training, fine-tuning and saliency
+    channels_last: bool = False
 
 
 def search(
@@ -44,9 +60,12 @@ def search(
     """Prune ``graph`` to ``settings.rho``; returns the folded, pruned graph (weights kept).
 
     ``data`` is a :class:`cnas_ir.backends.pytorch.data.Splits` (loaded from the spec when
-    needed and not given). ``say`` receives one line per iteration and per notable step.
+    needed and not given). ``say`` receives one line per iteration and per notable step (on
+    rank 0 of a process group).
     """
     s = settings
+    if not _rank0():
+        say = lambda _: None  # noqa: E731 -- the other ranks run the same search silently
     if s.criterion not in ("taylor", "random", "weight"):
         raise InputError(f"--criterion {s.criterion!r}: choose taylor, random or weight")
     check_rho(graph, s.rho)  # refuse before any training, not after
@@ -68,7 +87,10 @@ def search(
         from cnas_ir.backends.pytorch.train import train
 
         say(f"no trained weights: training the one-shot model first ({graph.spec.train.epochs} epochs, spec's train)")
-        graph = train(graph, data=splits(), device=s.device, run=run, progress=progress, checkpoint="oneshot")
+        graph = train(
+            graph, data=splits(), device=s.device, run=run, progress=progress, checkpoint="oneshot", amp=s.amp,
+            channels_last=s.channels_last,
+        )  # fmt: skip
     finetune_epochs = s.finetune_epochs
     if finetune_epochs > 0 and not graph.weights:
         say("no trained weights: fine-tuning between iterations is skipped (random pruning of an untrained graph)")
@@ -84,14 +106,17 @@ def search(
             return weight_saliency(g)
         from cnas_ir.backends.pytorch.saliency import taylor_saliency
 
-        return taylor_saliency(g, splits().train, batches=s.saliency_batches, device=s.device, seed=s.seed)
+        return taylor_saliency(
+            g, splits().train, batches=s.saliency_batches, device=s.device, seed=s.seed, amp=s.amp,
+            channels_last=s.channels_last,
+        )  # fmt: skip
 
     def finetune(g: Graph) -> Graph:
         from cnas_ir.backends.pytorch.train import train
 
         return train(
             g, epochs=finetune_epochs, data=splits(), device=s.device, run=run, progress=progress,
-            checkpoint="finetune", seed=s.seed + calls["n"],
+            checkpoint="finetune", seed=s.seed + calls["n"], amp=s.amp, channels_last=s.channels_last,
         )  # fmt: skip
 
     def report(it: Iteration, g: Graph) -> None:
@@ -104,7 +129,7 @@ def search(
             f"iteration {it.index}: removed {it.removed:,} x, {it.x_live:,} left, "
             f"cell params {it.params_live:,}, rho {it.rho:.4f}{acc}"
         )
-        if run is not None:
+        if run is not None and _rank0():
             run.log({"cmd": "prune", "iteration": it.index, "removed": it.removed, "x_live": it.x_live,
                      "params_live": it.params_live, "rho": it.rho})  # fmt: skip
 

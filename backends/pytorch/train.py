@@ -21,12 +21,33 @@ checkpoint of another graph, spec, dataset or seed.
 
 Metrics: one JSON line per epoch in the run's ``metrics.jsonl``: ``{"cmd": "train", "epoch",
 "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}``.
+
+Distributed (under ``torchrun``, see ``distributed.py``): the compact module is wrapped in
+DistributedDataParallel. ``batch_size`` is the *global* batch: each epoch's permutation is
+sharded by rank (DistributedSampler's rule) and every rank steps on ``batch_size // world``
+images of its shard, so with a batch size divisible by the world size each step sees the same
+images as a single process would, and DDP's averaged gradient is that batch's mean gradient.
+BatchNorm normalises with each rank's own batch statistics (no SyncBatchNorm: the paper's
+network is BN-per-device like any DDP model); the running statistics are averaged over the
+ranks at the end of every epoch, so all ranks hold identical weights and buffers after it.
+Each rank draws its own dropout and augmentation streams (rank 0 the single-process ones).
+Rank 0 alone writes checkpoints and metrics and shows progress; a barrier follows each
+checkpoint, and on ``--resume`` every rank loads that file (the run directory must be visible
+to every node). When torchrun restarts failed workers (``--max-restarts``), a run resumes by
+itself from a checkpoint that matches it. Ctrl-C: torchrun forwards the signal, so workers see
+a second one and stop at once; the last epoch's checkpoint is whole and ``--resume`` continues.
+
+Precision and layout: ``amp="bf16"`` runs forward and loss under ``torch.autocast`` with
+bfloat16 (CUDA or CPU; no loss scaling is needed for bf16), weights and optimizer stay float32;
+``channels_last=True`` stores the module's 4-D weights and the batches in NHWC order, which
+tensor-core convolutions prefer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import signal
@@ -49,11 +70,14 @@ from cnas_ir.ir import BUNDLE_COLUMNS, GROUP_COLUMNS, VERTEX_COLUMNS, Graph
 from cnas_ir.rundir import RunDir
 from cnas_ir.spec import TrainSpec
 
+from . import distributed
 from .data import Augment, Split, Splits, load_dataset
 
 __all__ = [
+    "AMP",
     "CHECKPOINT_FORMAT",
     "TrainInterrupted",
+    "autocast",
     "cosine_lr",
     "cpu_threads",
     "evaluate",
@@ -66,6 +90,7 @@ CHECKPOINT_FORMAT = "cnas-ir-checkpoint"
 _CHECKPOINT_VERSION = 1
 _EVAL_BATCH = 512
 _SMALL_WORK = 32768  # input pixels per batch below which a CPU run uses one thread
+AMP = ("off", "bf16")  # mixed-precision modes of --amp
 
 
 class TrainInterrupted(CnasError):
@@ -79,16 +104,30 @@ class TrainInterrupted(CnasError):
 
 
 def pick_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` (refused when absent)."""
+    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` (refused when absent).
+    Under torchrun, CUDA means this process's own GPU, ``cuda:LOCAL_RANK``."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return torch.device("cpu")
     if device == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"--device cuda: CUDA is not available to this torch {torch.__version__}")
-        return torch.device("cuda")
+        return (
+            torch.device("cuda", distributed.local_rank())
+            if distributed.launched_by_torchrun()
+            else torch.device("cuda")
+        )
     raise InputError(f"--device {device!r}: expected auto, cpu or cuda")
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    """The mixed-precision context of ``--amp``: bf16 autocast on ``device``, or nothing."""
+    if amp not in AMP:
+        raise InputError(f"--amp {amp!r}: expected one of {', '.join(AMP)}")
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def cosine_lr(t: float, recipe: TrainSpec) -> float:
@@ -211,6 +250,21 @@ def _save_checkpoint(
     atomic_write(path, st_save(tensors, metadata=meta))
 
 
+def _resumable(path: Path, fingerprint: str, epochs: int) -> bool:
+    """Whether ``path`` is a checkpoint of this very run that ``epochs`` can continue."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return False
+    return (
+        meta.get("format") == CHECKPOINT_FORMAT
+        and meta.get("version") == str(_CHECKPOINT_VERSION)
+        and meta.get("fingerprint") == fingerprint
+        and int(meta.get("epoch", "0")) <= epochs
+    )
+
+
 def _load_checkpoint(path: Path, module: torch.nn.Module, opt: torch.optim.Optimizer, fingerprint: str) -> int:
     """Restore module and optimizer state from ``path``; returns the completed epoch count."""
     if not path.is_file():
@@ -252,23 +306,40 @@ def _load_checkpoint(path: Path, module: torch.nn.Module, opt: torch.optim.Optim
 
 @torch.no_grad()
 def evaluate_module(
-    module: torch.nn.Module, split: Split, device: torch.device, batch_size: int = _EVAL_BATCH
+    module: torch.nn.Module,
+    split: Split,
+    device: torch.device,
+    batch_size: int = _EVAL_BATCH,
+    *,
+    shard: bool = False,
+    amp: str = "off",
 ) -> dict[str, float]:
     """Mean cross-entropy ``loss``, ``accuracy`` in [0, 1] and ``n`` of ``module`` (eval mode)
-    on ``split`` (images float32 [N, C, H, W], labels int64 [N])."""
+    on ``split`` (images float32 [N, C, H, W], labels int64 [N]).
+
+    ``shard=True`` (every rank must call it): each rank evaluates every ``world``-th image and
+    the sums are reduced over the ranks, so all get the numbers of the whole split.
+    """
     was_training = module.training
     module.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    n = len(split)
+    # loss, correct, n: float64 holds the counts exactly, and one reduction carries all three
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    start, step = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
+    images, labels = split.images[start::step], split.labels[start::step]  # views, no copies
+    n = len(labels)
     for i in range(0, n, batch_size):
-        x = split.images[i : i + batch_size].to(device, non_blocking=True)
-        y = split.labels[i : i + batch_size].to(device, non_blocking=True)
-        logits = module(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
+        x = images[i : i + batch_size].to(device, non_blocking=True)
+        y = labels[i : i + batch_size].to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = module(x)
+        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == y).sum()
+    sums[2] = n
+    if shard:
+        distributed.all_reduce_sum(sums)
     module.train(was_training)
-    return {"loss": float(loss) / max(n, 1), "accuracy": int(correct) / max(n, 1), "n": n}
+    loss, correct, total = sums.tolist()
+    return {"loss": loss / max(total, 1), "accuracy": int(correct) / max(total, 1), "n": int(total)}
 
 
 def evaluate(
@@ -298,6 +369,55 @@ def evaluate(
 # ---- training ----------------------------------------------------------------------------------
 
 
+def _stream(name: str) -> str:
+    """The name of a per-rank random stream: rank 0 draws the single-process stream, so a run
+    of one process is the same whether or not it could have been distributed."""
+    r = distributed.rank()
+    return name if r == 0 else f"{name}.rank{r}"
+
+
+def _unused_parameters(module: torch.nn.Module, sample: torch.Tensor) -> list[str]:
+    """Names of the parameters no gradient reaches, found by one eval-mode forward and backward
+    of ``sample`` (no running statistics or random draws change). In a compact module these are
+    the preprocessing convs of a cell whose operations were all pruned (its output is zeros);
+    DistributedDataParallel must be told to expect them, at the cost of a graph walk per step."""
+    was_training = module.training
+    module.eval()
+    params = dict(module.named_parameters())
+    with torch.enable_grad():
+        out = module(sample).sum()
+    grads = torch.autograd.grad(out, list(params.values()), allow_unused=True)
+    module.train(was_training)
+    return [name for name, g in zip(params, grads, strict=True) if g is None]
+
+
+def _average_bn_statistics(module: torch.nn.Module) -> None:
+    """Replace every BatchNorm's running mean and variance by their average over the ranks
+    (each rank tracked its own batches), so all ranks hold the same buffers."""
+    world = distributed.world_size()
+    if world == 1:
+        return
+    stats = [
+        t
+        for m in module.modules()
+        if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None
+        for t in (m.running_mean, m.running_var)
+    ]
+    if not stats:
+        return
+    flat = distributed.all_reduce_sum(torch.cat([t.reshape(-1) for t in stats])) / world
+    with torch.no_grad():
+        for t, v in zip(stats, flat.split([t.numel() for t in stats]), strict=True):
+            t.copy_(v.view_as(t))
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on some rank (so that all ranks stop at the same epoch)."""
+    if not distributed.is_distributed():
+        return flag
+    return bool(distributed.all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
 def train(
     graph: Graph,
     *,
@@ -313,6 +433,8 @@ def train(
     checkpoint: str = "train",
     threads: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    amp: str = "off",
+    channels_last: bool = False,
 ) -> Graph:
     """Train ``graph``'s compact network with the recipe of ``graph.spec.train``; return the
     graph holding the trained weights, with a ``train`` event appended to its history.
@@ -324,11 +446,18 @@ def train(
     appended to ``run.metrics`` and a checkpoint named ``checkpoint`` is kept in
     ``run.checkpoints``; ``resume=True`` continues from it. ``threads``: CPU intra-op threads
     (default: one for small inputs, else torch's default). ``on_step(epoch, iteration)`` is
-    called after every optimizer step (0-based; for progress hooks and tests).
+    called after every optimizer step (0-based; for progress hooks and tests). ``amp``: "off"
+    or "bf16" (autocast); ``channels_last``: NHWC weights and batches.
+
+    In a process group of several ranks (torchrun), every rank must call it with the same
+    arguments: it trains with DistributedDataParallel on each rank's shard of the data and
+    returns the same graph on every rank; rank 0 alone writes metrics and checkpoints.
 
     Raises :class:`TrainInterrupted` on Ctrl-C (after saving nothing partial),
     :class:`RunFailure` when the loss stops being finite, :class:`InputError` for bad settings.
     """
+    from torch.nn.parallel import DistributedDataParallel
+
     from .lower import lower, to_graph
 
     recipe = graph.spec.train
@@ -337,17 +466,21 @@ def train(
         raise InputError(f"--epochs {epochs}: must be >= 0")
     if resume and run is None:
         raise InputError("resume needs a run directory holding the checkpoint")
+    if amp not in AMP:
+        raise InputError(f"--amp {amp!r}: expected one of {', '.join(AMP)}")
     seed = recipe.seed if seed is None else seed
     splits = data if data is not None else load_dataset(graph.spec)
     aug = splits.augment if augment is None else augment
     dev = pick_device(device)
+    world, rank0 = distributed.world_size(), distributed.is_rank0()
+    layout = {"memory_format": torch.channels_last} if channels_last else {}
 
     # The run seeds torch's global generator (initialisation, dropout); fork it so the
     # caller's random state is the same after the call as before.
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)  # the initialisation of whatever the graph holds no weights for
-        module = lower(graph, "compact", weights=not reinit).to(dev)
+        module = lower(graph, "compact", weights=not reinit).to(dev, **layout)
         opt = torch.optim.SGD(
             module.parameters(),
             lr=recipe.lr,
@@ -357,88 +490,122 @@ def train(
         )
         fingerprint = _fingerprint(graph, splits.name, aug, reinit, seed)
         ckpt = _checkpoint_path(run, checkpoint) if run is not None else None
+        if ckpt is not None and not resume and distributed.restarted():
+            # torchrun restarted the workers after a failure: continue this run's checkpoint
+            # (when every rank sees one), do not start over.
+            resume = not _any_rank(not _resumable(ckpt, fingerprint, epochs), dev)
         first = 0
         if resume:
             assert ckpt is not None
-            first = _load_checkpoint(ckpt, module, opt, fingerprint)
+            first = _load_checkpoint(ckpt, module, opt, fingerprint)  # every rank reads rank 0's file
             if first > epochs:
                 raise InputError(f"--epochs {epochs}: the checkpoint {ckpt} already has {first} epochs")
         elif ckpt is not None:
-            ckpt.unlink(missing_ok=True)  # a fresh run: an old checkpoint must not be resumed into it
+            with distributed.rank0_writes() as writer:
+                if writer:
+                    ckpt.unlink(missing_ok=True)  # a fresh run: an old checkpoint must not be resumed into it
 
         train_split = splits.train.to(dev)
         n = len(train_split)
-        bs = min(recipe.batch_size, n)
-        iters = -(-n // bs)
-        bar = _progress_bar(progress, total=(epochs - first) * iters, desc=f"train {graph.spec.name}")
+        net: torch.nn.Module = module
+        if world > 1:
+            unused = _unused_parameters(module, train_split.images[:2].contiguous(**layout))
+            # BN statistics stay per rank during an epoch (averaged after it), not re-sent from
+            # rank 0 before every forward; torch >= 2.13 spells that forward_sync_buffers.
+            no_buffer_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else {"broadcast_buffers": False}
+            )
+            net = DistributedDataParallel(
+                module,
+                device_ids=[cuda[0]] if cuda else None,
+                find_unused_parameters=bool(unused),
+                **no_buffer_sync,
+            )
+        # The spec's batch is global: each rank takes its share of every batch (module docstring).
+        per_rank = -(-n // world)
+        bs = max(1, min(recipe.batch_size, n) // world)
+        iters = -(-per_rank // bs)
+        bar = _progress_bar(progress and rank0, total=(epochs - first) * iters, desc=f"train {graph.spec.name}")
         with cpu_threads(dev, graph, threads), _deterministic(dev.type == "cpu"), _sigint_flag() as flag, bar:
             for epoch in range(first, epochs):
                 t0 = time.perf_counter()
-                torch.manual_seed(_derive(seed, epoch, "dropout"))
+                torch.manual_seed(_derive(seed, epoch, _stream("dropout")))
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(_derive(seed, epoch, "shuffle")))
-                gen_aug = torch.Generator().manual_seed(_derive(seed, epoch, "augment"))
-                module.train()
-                loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-                correct = torch.zeros((), dtype=torch.int64, device=dev)
+                own = distributed.shard(perm)  # the same permutation on every rank, cut by rank
+                gen_aug = torch.Generator().manual_seed(_derive(seed, epoch, _stream("augment")))
+                net.train()
+                sums = torch.zeros(2, dtype=torch.float64, device=dev)  # loss * images, correct
                 lr = recipe.lr
                 for it in range(iters):
-                    idx = perm[it * bs : (it + 1) * bs].to(dev)
+                    idx = own[it * bs : (it + 1) * bs].to(dev)
                     x, y = train_split.images[idx], train_split.labels[idx]
                     if aug.active:
                         x = aug(x, gen_aug)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
                     lr = cosine_lr(epoch + it / iters, recipe)
                     for group in opt.param_groups:
                         group["lr"] = lr
-                    logits = module(x)
-                    loss = F.cross_entropy(logits, y)
+                    with autocast(dev, amp):
+                        logits = net(x)
+                        loss = F.cross_entropy(logits, y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    loss_sum += loss.detach().double() * len(y)
-                    correct += (logits.detach().argmax(1) == y).sum()
+                    sums[0] += loss.detach().double() * len(y)
+                    sums[1] += (logits.detach().argmax(1) == y).sum()
                     bar.update(1)
                     if on_step is not None:
                         on_step(epoch, it)
-                    if flag["stop"]:
+                    if flag["stop"] and world == 1:  # ranks stop together, at the epoch's end
                         raise _interrupted(epoch, epochs, ckpt)
-                train_loss = float(loss_sum) / n
+                loss_sum, correct = distributed.all_reduce_sum(sums).tolist()
+                seen = per_rank * world  # n, plus the shards' padding
+                train_loss = loss_sum / seen
                 if not math.isfinite(train_loss):
                     raise RunFailure(
                         f"training diverged in epoch {epoch + 1} (train loss {train_loss}); lower train.lr in the spec"
                     )
-                val = evaluate_module(module, splits.val, dev)
-                if ckpt is not None:
-                    _save_checkpoint(ckpt, module, opt, epoch + 1, epochs, fingerprint)
+                _average_bn_statistics(module)
+                val = evaluate_module(module, splits.val, dev, shard=world > 1, amp=amp)
+                with distributed.rank0_writes() as writer:
+                    if writer and ckpt is not None:
+                        _save_checkpoint(ckpt, module, opt, epoch + 1, epochs, fingerprint)
                 record = {
                     "cmd": "train",
                     "epoch": epoch + 1,
                     "lr": lr,
                     "train_loss": train_loss,
-                    "train_acc": int(correct) / n,
+                    "train_acc": int(correct) / seen,
                     "val_loss": val["loss"],
                     "val_acc": val["accuracy"],
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
-                if run is not None:
+                if run is not None and rank0:
                     run.log(record)
                 bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val['accuracy']:.3f}")
-                if flag["stop"] and epoch + 1 < epochs:
+                if _any_rank(flag["stop"], dev) and epoch + 1 < epochs:
                     raise _interrupted(epoch + 1, epochs, ckpt)
-            val = evaluate_module(module, splits.val, dev)
-            test = evaluate_module(module, splits.test, dev)
+            val = evaluate_module(module, splits.val, dev, shard=world > 1, amp=amp)
+            test = evaluate_module(module, splits.test, dev, shard=world > 1, amp=amp)
         module.cpu()
         out = to_graph(graph, module)
-        return out.with_event(
-            {
-                "pass": "train",
-                "epochs": epochs,
-                "data": splits.name,
-                "reinit": reinit,
-                "seed": seed,
-                "val_acc": round(val["accuracy"], 6),
-                "test_acc": round(test["accuracy"], 6),
-            }
-        )
+        event: dict[str, Any] = {
+            "pass": "train",
+            "epochs": epochs,
+            "data": splits.name,
+            "reinit": reinit,
+            "seed": seed,
+            "val_acc": round(val["accuracy"], 6),
+            "test_acc": round(test["accuracy"], 6),
+        }
+        if world > 1:  # how it ran, where that differs from one process in float32
+            event["ranks"] = world
+        if amp != "off":
+            event["amp"] = amp
+        return out.with_event(event)
 
 
 def _interrupted(done: int, epochs: int, ckpt: Path | None) -> TrainInterrupted:
