@@ -23,6 +23,7 @@ demo: $(VENV)/.installed
 	$(CNAS) train
 	$(CNAS) export --onnx --check
 	$(CNAS) stats --markdown | tee $(RUN)/table1.md
+	$(CNAS) report
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

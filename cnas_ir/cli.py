@@ -87,7 +87,13 @@ def cli(ctx: click.Context, run_dir: Path | None, debug: bool) -> None:
     \b
     Typical run in a fresh folder:
       cnas-ir build examples/tiny.yaml     # -> cnas-run/001-build.cnas
+      cnas-ir train                        # one-shot training -> 002-train.cnas
+      cnas-ir prune --rho 0.3              # the search -> 003-prune.cnas
+      cnas-ir train                        # CNAS-W (--reinit: CNAS-R) -> 004-train.cnas
+      cnas-ir export --onnx --check        # -> cnas-run/004-train.onnx
       cnas-ir stats                        # Table 1 of the newest artifact
+      cnas-ir show --cell 3 --png cell3.png
+      cnas-ir report                       # cnas-run/report.html
 
     ARTIFACT arguments default to the newest artifact of the run directory.
     """
@@ -463,8 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="cnas-ir", standalone_mode=False)
-        return 0
+        # Not standalone: click returns ctx.exit()'s code instead of calling sys.exit.
+        code = cli.main(args=args, prog_name="cnas-ir", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:
