@@ -37,15 +37,7 @@ from cnas_ir.passes.prune import prune_to_rho, random_saliency
 from cnas_ir.passes.stats import compute_stats
 from cnas_ir.spec import parse_spec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The PyTorch reference runs hundreds of tiny convs; on 2 shared cores one OpenMP thread is
-    # far faster than two (see test_pytorch_lower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- graphs and weights ---------------------------------------------------------------------------

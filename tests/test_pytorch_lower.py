@@ -18,14 +18,7 @@ from cnas_ir.weights import compact, weight_table
 SIZE = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Hundreds of tiny convs: with 2 OpenMP threads on 2 shared cores each one waits on the
-    # other thread (seconds per forward); one thread is ~50x faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def nasnet_graph(
