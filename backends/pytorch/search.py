@@ -3,8 +3,8 @@ fine-tune until the cells fit rho.
 
 The loop itself is :func:`cnas_ir.passes.prune.prune_to_rho` (numpy only); this module supplies
 the PyTorch steps: Taylor saliency, one-epoch fine-tuning between iterations, and the
-validation accuracy shown per iteration. Torch is imported only when a step needs it, so
-random pruning of an untrained graph with no fine-tuning runs on the arrays alone.
+validation accuracy shown per iteration. Random pruning of an untrained graph with no
+fine-tuning never runs a network: its scores and the pruning are array operations.
 
 Under torchrun every rank runs the same search: training and fine-tuning are data-parallel,
 saliency is summed over the ranks before ranking, and random scores are seeded alike, so all
