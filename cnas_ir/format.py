@@ -45,6 +45,12 @@ _MANIFEST = "cnas.json"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
     path = Path(path)
@@ -53,6 +59,8 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     except OSError as e:
         raise RunFailure(f"{path}: cannot write ({e.strerror or e})") from None
     try:
+        # mkstemp creates 0600; give the file the mode a plain open() would (0666 & ~umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -189,3 +191,13 @@ def test_api_build_from_mapping_and_path(tmp_path):
     assert dump(g1) == dump(g2)
     cnas_ir.save(g1, tmp_path / "m.cnas")
     assert dump(cnas_ir.load(tmp_path / "m.cnas")) == dump(g1)
+
+
+def test_saved_files_get_the_umask_mode(tiny_graph, tmp_path):
+    # mkstemp's private 0600 must not leak into the user's artifacts
+    old = os.umask(0o022)
+    try:
+        path = save(tiny_graph, tmp_path / "m.cnas")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
