@@ -462,6 +462,9 @@ from cnas_ir.cli_view import report, show  # noqa: E402 -- they use pass_ctx and
 
 cli.add_command(show)
 cli.add_command(report)
+from cnas_ir.cli_experiment import experiment  # noqa: E402 -- it uses _info from above
+
+cli.add_command(experiment)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,515 @@
+"""The paper's experiments (CNAS §2.2, §3.1, §3.2, §3.4), driven by ``experiments/NAME.yaml``.
+
+One YAML per experiment names its ``kind`` (fig2b, fig3, fig2a, densenet), the base spec, the
+seeds, the epochs and the budget; a ``smoke`` section overrides any of these for the CI-sized
+run. Every arm of an experiment uses the same recipe (the base spec's ``train`` section, the
+same epochs, seeds and search settings); only what the experiment varies differs.
+
+The protocol of an arm that searches: train the one-shot model (``epochs``, that seed), prune
+it to the budget (``search`` section: criterion, gamma, fine-tuning between iterations), then
+train the final sparse model from scratch (``final_epochs``, CNAS-R) and measure its test
+error. A dense arm trains its network from scratch for ``final_epochs``. "Same parameter
+count" is the whole model's (stem, cells, head): ``Stats.model_params_live``.
+
+Each experiment writes ``NAME.json`` (settings and every measured number), ``NAME.png``
+(matplotlib, Agg canvas, no pyplot) and ``NAME.md`` (a Markdown table) into the output folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+import cnas_ir
+from cnas_ir.errors import InputError
+from cnas_ir.ir import Graph
+from cnas_ir.passes.fold import fold
+from cnas_ir.passes.prune import min_feasible_rho, prune_to_rho
+from cnas_ir.passes.stats import compute_stats
+
+__all__ = [
+    "EXPERIMENTS_DIR",
+    "Experiment",
+    "find_experiment",
+    "load_experiment",
+    "per_cell_random_saliency",
+    "run_experiment",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS_DIR = ROOT / "experiments"
+KINDS = ("fig2b", "fig3", "fig2a", "densenet")
+
+Say = Callable[[str], None]
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, ``None`` removes the key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment file, with ``smoke`` and ``--data`` already applied."""
+
+    name: str
+    kind: str
+    config: dict[str, Any]  # the merged YAML
+    spec: dict[str, Any]  # the base spec as a mapping, overrides applied
+    path: Path
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.config.get("seeds", [0])]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.config.get("epochs", self.spec.get("train", {}).get("epochs", 15)))
+
+    @property
+    def final_epochs(self) -> int:
+        return int(self.config.get("final_epochs", self.epochs))
+
+
+def find_experiment(name: str) -> Path:
+    """``NAME`` (a file ``experiments/NAME.yaml``) or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    for folder in (Path.cwd() / "experiments", EXPERIMENTS_DIR):
+        candidate = folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+    raise InputError(f"experiment {name!r}: no experiments/{name}.yaml (known: {', '.join(known) or 'none'})")
+
+
+def load_experiment(name: str, *, smoke: bool = False, data: str | None = None) -> Experiment:
+    """Read ``experiments/NAME.yaml``; ``smoke`` merges its ``smoke`` section; ``data``
+    (``NAME[:PATH]``, as ``--data``) replaces the dataset, with ``cifar10`` setting the input to
+    3 x 32 x 32 and merging the file's ``cifar10`` section."""
+    path = find_experiment(name)
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f) or {}
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: expected a mapping")
+    kind = config.get("kind")
+    if kind not in KINDS:
+        raise InputError(f"{path}: kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if smoke:
+        config = _merge(config, config.get("smoke") or {})
+    base = config.get("base")
+    if not base:
+        raise InputError(f"{path}: 'base' (the base spec, a path relative to the repository) is required")
+    base_path = Path(base) if Path(base).is_absolute() else path.parent.parent / base
+    with open(base_path, encoding="utf-8") as f:
+        spec = yaml.safe_load(f)
+    spec = _merge(spec, config.get("spec") or {})
+    if data is not None:
+        from cnas_ir.backends.pytorch.data import parse_data_option
+
+        dname, dpath = parse_data_option(data)
+        spec["data"] = {"name": dname, "path": dpath, "seed": spec.get("data", {}).get("seed", 0)}
+        if dname == "cifar10":
+            spec["input"] = {"channels": 3, "size": 32}
+            config = _merge(config, config.get("cifar10") or {})
+            spec = _merge(spec, (config.get("cifar10") or {}).get("spec") or {})
+    return Experiment(name=path.stem, kind=str(kind), config=config, spec=spec, path=path)
+
+
+# ---- building blocks -------------------------------------------------------------------------
+
+
+def _build(spec: dict[str, Any], **space: Any) -> Graph:
+    """The one-shot graph of ``spec`` with the space section's keys replaced by ``space``."""
+    key = spec.get("space", "nasnet")
+    return cnas_ir.build(_merge(spec, {key: space}))
+
+
+def _params(g: Graph) -> int:
+    """Whole-model live parameters (stem, cells, head) of the folded graph."""
+    return compute_stats(fold(g)).model_params_live
+
+
+def _rho_for(g: Graph, target_params: int) -> float:
+    """The cell budget rho that brings the whole model to ``target_params``: the stem and head
+    stay, the cells shrink."""
+    st = compute_stats(g)
+    fixed = st.model_params - st.total.params
+    rho = (target_params - fixed) / st.total.params
+    floor = min_feasible_rho(g)
+    if not floor <= rho <= 1.0:
+        raise InputError(
+            f"target of {target_params:,} parameters needs rho {rho:.4f} for a one-shot model of "
+            f"{st.model_params:,}, outside [{floor:.4f}, 1]: choose another target"
+        )
+    return rho
+
+
+def _target_for_rho(g: Graph, rho: float) -> int:
+    """Whole-model parameters after pruning the cells of ``g`` to ``rho``."""
+    st = compute_stats(g)
+    return st.model_params - st.total.params + math.floor(rho * st.total.params)
+
+
+def per_cell_random_saliency(g: Graph, seed: int = 0) -> Graph:
+    """Random pruning with the same sparsity in every cell (CNAS §3.2's random baseline):
+    uniform random scores ranked *within* each cell and replaced by their quantile
+    (rank + 1) / n_cell, so the global ranking of :func:`prune_to_rho` removes the same fraction
+    of x from every cell at each iteration -- similar topology everywhere.
+
+    The cells' fixed preprocessing differs in share, so each cell lands near, not exactly on,
+    rho; the total lands on rho as for any criterion."""
+    rng = np.random.default_rng(seed)
+    sal = np.full(g.num_vertices, np.nan, dtype=np.float32)
+    live = np.flatnonzero(g.alive & (g.src >= 0))
+    u = rng.random(live.size)
+    cell = g.cell[g.vertex_group[live]]
+    for c in np.unique(cell):
+        m = cell == c
+        rank = np.argsort(np.argsort(u[m], kind="stable"), kind="stable")
+        sal[live[m]] = ((rank + 1) / m.sum()).astype(np.float32)
+    return g.replace(saliency=sal)
+
+
+class _Runner:
+    """Training, search and evaluation with one experiment's shared settings."""
+
+    def __init__(self, exp: Experiment, device: str, say: Say) -> None:
+        self.exp, self.device, self.say = exp, device, say
+        self._data: Any = None
+
+    def data(self, g: Graph) -> Any:
+        if self._data is None:
+            from cnas_ir.backends.pytorch.data import load_dataset
+
+            self._data = load_dataset(g.spec)
+        return self._data
+
+    def error(self, g: Graph) -> float:
+        from cnas_ir.backends.pytorch.train import evaluate
+
+        return 1.0 - float(evaluate(g, "test", data=self.data(g), device=self.device)["accuracy"])
+
+    def train(self, g: Graph, epochs: int, seed: int, reinit: bool = False) -> Graph:
+        from cnas_ir.backends.pytorch.train import train
+
+        return train(
+            g, epochs=epochs, data=self.data(g), device=self.device, progress=False, seed=seed, reinit=reinit
+        )  # fmt: skip
+
+    def search(self, one_shot: Graph, rho: float, seed: int) -> Graph:
+        from cnas_ir.backends.pytorch.search import SearchSettings, search
+
+        s = one_shot.spec.search
+        settings = SearchSettings(
+            rho=rho, gamma=s.gamma, criterion=s.criterion, seed=seed, finetune_epochs=s.finetune_epochs,
+            saliency_batches=s.saliency_batches, device=self.device,
+        )  # fmt: skip
+        return search(one_shot, settings, data=self.data(one_shot))
+
+    def cnas(self, g: Graph, rho: float, seed: int) -> dict[str, Any]:
+        """One-shot training, search to rho, final training from scratch (CNAS-R)."""
+        t0 = time.perf_counter()
+        one_shot = self.train(g, self.exp.epochs, seed)
+        one_shot_error = self.error(one_shot)
+        pruned = self.search(one_shot, rho, seed)
+        final = self.train(pruned, self.exp.final_epochs, seed, reinit=True)
+        return {
+            "seed": seed,
+            "one_shot_error": one_shot_error,
+            "error": self.error(final),
+            "params": _params(final),
+            "rho": compute_stats(fold(final)).rho,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def random_per_cell(self, g: Graph, rho: float, seed: int) -> dict[str, Any]:
+        """Per-cell random pruning to rho, final training from scratch. Random scores do not
+        depend on weights and the final model is re-initialised, so the one-shot model is not
+        trained first (its weights would be thrown away)."""
+        t0 = time.perf_counter()
+        gamma = g.spec.search.gamma
+        calls = {"n": 0}
+
+        def score(h: Graph) -> Graph:
+            calls["n"] += 1
+            return per_cell_random_saliency(h, seed=seed * 100_003 + calls["n"])
+
+        pruned = prune_to_rho(g, rho, gamma=gamma, score=score, criterion="random-per-cell")
+        final = self.train(pruned, self.exp.final_epochs, seed, reinit=True)
+        return {
+            "seed": seed,
+            "error": self.error(final),
+            "params": _params(final),
+            "rho": compute_stats(fold(final)).rho,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def dense(self, g: Graph, seed: int) -> dict[str, Any]:
+        """A dense network (no pruning) trained from scratch for ``final_epochs``."""
+        t0 = time.perf_counter()
+        final = self.train(g, self.exp.final_epochs, seed)
+        return {"seed": seed, "error": self.error(final), "params": _params(final), "seconds": time.perf_counter() - t0}
+
+
+def _closest(spec: dict[str, Any], key: str, upper: int, target: int) -> tuple[int, Graph]:
+    """The value 1..upper of ``spec[space][key]`` whose one-shot model has the parameter count
+    closest to ``target`` (ties: the larger value)."""
+    space = spec.get("space", "nasnet")
+    best: tuple[int, int, Graph] | None = None
+    for v in range(1, upper + 1):
+        g = _build(spec, **{key: v})
+        gap = abs(compute_stats(g).model_params - target)
+        if best is None or gap <= best[0]:
+            best = (gap, v, g)
+    assert best is not None, f"{space}.{key}: no value below {upper}"
+    return best[1], best[2]
+
+
+def _summary(rows: list[dict[str, Any]], key: str = "error") -> dict[str, float]:
+    vals = [float(r[key]) for r in rows]
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return {"mean": statistics.mean(vals), "sd": sd, "n": len(vals)}
+
+
+def _pct(m: dict[str, float]) -> str:
+    return f"{m['mean']:.2%} ± {m['sd']:.2%}"
+
+
+# ---- the experiments -------------------------------------------------------------------------
+
+
+def _fig2b(exp: Experiment, r: _Runner) -> dict[str, Any]:
+    """§3.2 / Figure 2(b): no-pruning vs per-cell random pruning vs CNAS at equal parameters."""
+    rho = float(exp.config["rho"])
+    space = exp.spec.get("space", "nasnet")
+    g = cnas_ir.build(exp.spec)
+    target = _target_for_rho(g, rho)
+    width, small = _closest(exp.spec, "channels", int(exp.spec[space]["channels"]), target)
+    r.say(f"target {target:,} parameters (rho {rho}); no-prune: channels {width} ({_params(small):,} parameters)")
+    arms: dict[str, list[dict[str, Any]]] = {"no-prune": [], "random-per-cell": [], "cnas": []}
+    for seed in exp.seeds:
+        arms["no-prune"].append(r.dense(small, seed))
+        arms["random-per-cell"].append(r.random_per_cell(g, rho, seed))
+        arms["cnas"].append(r.cnas(g, rho, seed))
+        r.say(f"seed {seed}: " + ", ".join(f"{a} {rows[-1]['error']:.2%}" for a, rows in arms.items()))
+    return {
+        "target_params": target,
+        "rho": rho,
+        "no_prune_channels": width,
+        "arms": {
+            a: {"runs": rows, "error": _summary(rows), "params": _summary(rows, "params")} for a, rows in arms.items()
+        },
+    }
+
+
+def _fig3(exp: Experiment, r: _Runner) -> dict[str, Any]:
+    """§3.1 / Figure 3: vary nodes_per_cell, then ops_per_node, at a fixed final parameter count."""
+    panels = []
+    for panel in exp.config["panels"]:
+        key, target = str(panel["vary"]), int(panel["target_params"])
+        points = []
+        for value in panel["values"]:
+            g = _build(exp.spec, **{key: int(value)})
+            rho = _rho_for(g, target)
+            r.say(f"{key} = {value}: one-shot {compute_stats(g).model_params:,} parameters, rho {rho:.4f}")
+            rows = [r.cnas(g, rho, seed) for seed in exp.seeds]
+            points.append({"value": int(value), "rho": rho, "runs": rows, "error": _summary(rows),
+                           "params": _summary(rows, "params")})  # fmt: skip
+            r.say(f"{key} = {value}: test error {_pct(points[-1]['error'])}")
+        panels.append({"vary": key, "target_params": target, "points": points})
+    return {"panels": panels}
+
+
+def _pearson(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _fig2a(exp: Experiment, r: _Runner) -> dict[str, Any]:
+    """§2.2 / Figure 2(a): one-shot vs final sparse test error over one-shot seeds."""
+    rho = float(exp.config["rho"])
+    g = cnas_ir.build(exp.spec)
+    runs = []
+    for seed in exp.seeds:
+        runs.append(r.cnas(g, rho, seed))
+        r.say(f"seed {seed}: one-shot {runs[-1]['one_shot_error']:.2%}, final {runs[-1]['error']:.2%}")
+    one, fin = [x["one_shot_error"] for x in runs], [x["error"] for x in runs]
+    pairs = list(combinations(range(len(runs)), 2))
+    d_one = [one[i] - one[j] for i, j in pairs]
+    d_fin = [fin[i] - fin[j] for i, j in pairs]
+    return {
+        "rho": rho,
+        "runs": runs,
+        "pearson_r": _pearson(one, fin),  # over the models, as the paper's scatter
+        "pearson_r_differences": _pearson(d_one, d_fin),  # over all pairs of models
+        "pairs": len(pairs),
+    }
+
+
+def _densenet(exp: Experiment, r: _Runner) -> dict[str, Any]:
+    """§3.4: CNAS-R in the DenseNet-BC space vs a dense DenseNet-BC of equal parameters (the
+    dense one's growth rate chosen for the closest parameter count)."""
+    rho = float(exp.config["rho"])
+    g = cnas_ir.build(exp.spec)
+    target = _target_for_rho(g, rho)
+    k, small = _closest(exp.spec, "growth_rate", int(exp.spec["densenet"]["growth_rate"]), target)
+    r.say(f"target {target:,} parameters (rho {rho}); dense DenseNet-BC: growth rate {k} ({_params(small):,})")
+    arms: dict[str, list[dict[str, Any]]] = {"densenet-bc": [], "cnas-r": []}
+    for seed in exp.seeds:
+        arms["densenet-bc"].append(r.dense(small, seed))
+        arms["cnas-r"].append(r.cnas(g, rho, seed))
+        r.say(f"seed {seed}: " + ", ".join(f"{a} {rows[-1]['error']:.2%}" for a, rows in arms.items()))
+    return {
+        "target_params": target,
+        "rho": rho,
+        "dense_growth_rate": k,
+        "arms": {
+            a: {"runs": rows, "error": _summary(rows), "params": _summary(rows, "params")} for a, rows in arms.items()
+        },
+    }
+
+
+_RUNNERS: dict[str, Callable[[Experiment, _Runner], dict[str, Any]]] = {
+    "fig2b": _fig2b,
+    "fig3": _fig3,
+    "fig2a": _fig2a,
+    "densenet": _densenet,
+}
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+
+def _markdown(kind: str, res: dict[str, Any]) -> str:
+    if kind in ("fig2b", "densenet"):
+        lines = ["| arm | test error (mean ± sd) | parameters | seeds |", "|---|---|---|---|"]
+        for arm, a in res["arms"].items():
+            lines.append(f"| {arm} | {_pct(a['error'])} | {a['params']['mean']:,.0f} | {a['error']['n']} |")
+        return "\n".join(lines)
+    if kind == "fig3":
+        out = []
+        for p in res["panels"]:
+            out += [f"Varying {p['vary']} at {p['target_params']:,} parameters:", "",
+                    f"| {p['vary']} | rho | test error (mean ± sd) | parameters |", "|---|---|---|---|"]  # fmt: skip
+            for pt in p["points"]:
+                out.append(f"| {pt['value']} | {pt['rho']:.4f} | {_pct(pt['error'])} | {pt['params']['mean']:,.0f} |")
+            out.append("")
+        return "\n".join(out).rstrip()
+    lines = ["| seed | one-shot test error | final test error | parameters |", "|---|---|---|---|"]
+    for x in res["runs"]:
+        lines.append(f"| {x['seed']} | {x['one_shot_error']:.2%} | {x['error']:.2%} | {x['params']:,} |")
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines += ["", f"Pearson r (one-shot vs final error, {len(res['runs'])} models): {fmt(res['pearson_r'])}",
+              f"Pearson r (differences, {res['pairs']} pairs): {fmt(res['pearson_r_differences'])}"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _plot(kind: str, res: dict[str, Any], title: str, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if kind == "fig3":
+        fig = Figure(figsize=(4 * len(res["panels"]), 3.2))
+        for i, p in enumerate(res["panels"]):
+            ax = fig.add_subplot(1, len(res["panels"]), i + 1)
+            xs = [pt["value"] for pt in p["points"]]
+            ax.errorbar(xs, [100 * pt["error"]["mean"] for pt in p["points"]],
+                        yerr=[100 * pt["error"]["sd"] for pt in p["points"]], marker="o", capsize=3)  # fmt: skip
+            ax.set_xlabel(p["vary"])
+            ax.set_ylabel("test error (%)")
+            ax.set_xticks(xs)
+            ax.set_title(f"{p['target_params']:,} parameters", fontsize=9)
+    elif kind == "fig2a":
+        fig = Figure(figsize=(4, 3.6))
+        ax = fig.add_subplot(1, 1, 1)
+        ax.scatter([100 * x["one_shot_error"] for x in res["runs"]], [100 * x["error"] for x in res["runs"]])
+        ax.set_xlabel("one-shot model test error (%)")
+        ax.set_ylabel("final sparse model test error (%)")
+        rr = res["pearson_r"]
+        ax.set_title("r = n/a" if rr is None else f"r = {rr:.3f}", fontsize=9)
+    else:
+        fig = Figure(figsize=(4, 3.2))
+        ax = fig.add_subplot(1, 1, 1)
+        names = list(res["arms"])
+        ax.bar(names, [100 * res["arms"][a]["error"]["mean"] for a in names],
+               yerr=[100 * res["arms"][a]["error"]["sd"] for a in names], capsize=4, color="#4c72b0")  # fmt: skip
+        ax.set_ylabel("test error (%)")
+        ax.set_title(f"{res['target_params']:,} parameters", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120)
+
+
+def run_experiment(
+    name: str,
+    *,
+    out: Path,
+    smoke: bool = False,
+    data: str | None = None,
+    device: str = "cpu",
+    say: Say = lambda _: None,
+) -> dict[str, Path]:
+    """Run experiment ``name``; write ``NAME.json``, ``NAME.png`` and ``NAME.md`` into ``out``.
+
+    Returns the paths written. Raises :class:`InputError` for a bad experiment file or budget.
+    """
+    import torch
+
+    exp = load_experiment(name, smoke=smoke, data=data)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    say(f"experiment {exp.name} ({exp.kind}{', smoke' if smoke else ''}): seeds {exp.seeds}, "
+        f"{exp.epochs} one-shot / {exp.final_epochs} final epochs")  # fmt: skip
+    results = _RUNNERS[exp.kind](exp, _Runner(exp, device, say))
+    doc = {
+        "experiment": exp.name,
+        "kind": exp.kind,
+        "smoke": smoke,
+        "paper": exp.config.get("paper", ""),
+        "seeds": exp.seeds,
+        "epochs": exp.epochs,
+        "final_epochs": exp.final_epochs,
+        "spec": exp.spec,
+        "device": device,
+        "torch": torch.__version__,
+        "seconds": time.perf_counter() - t0,
+        "results": results,
+    }
+    title = str(exp.config.get("title", exp.name)) + (" (smoke)" if smoke else "")
+    paths = {"json": out / f"{exp.name}.json", "png": out / f"{exp.name}.png", "md": out / f"{exp.name}.md"}
+    paths["json"].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    table = _markdown(exp.kind, results)
+    paths["md"].write_text(f"# {title}\n\n{exp.config.get('paper', '').strip()}\n\n{table}\n", encoding="utf-8")
+    _plot(exp.kind, results, title, paths["png"])
+    say(table)
+    say(f"{exp.name}: {doc['seconds']:.0f} s; wrote {', '.join(str(p) for p in paths.values())}")
+    return paths
