@@ -19,7 +19,7 @@ import click
 
 from cnas_ir import __version__
 from cnas_ir.errors import CnasError, InputError, RunFailure
-from cnas_ir.rundir import RunDir
+from cnas_ir.rundir import RunDir, check_output_path
 
 __all__ = ["cli", "main"]
 
@@ -58,13 +58,8 @@ def _write(ctx: Context, graph: Any, out: str | None, step: str) -> Path:
 
 def _check_out(out: str | None) -> None:
     """Refuse a bad ``-o`` before any work is done, not after it."""
-    if out is None:
-        return
-    path = Path(out)
-    if path.suffix != ".cnas":
-        raise InputError(f"{path}: an artifact's name must end in .cnas")
-    if not path.parent.exists():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
+    if out is not None:
+        check_output_path(out, ".cnas", "-o")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -447,11 +442,7 @@ def export(
     from cnas_ir.backends.onnx import export as export_onnx
 
     src, graph = _load(ctx, artifact)
-    path = Path(out) if out else src.with_suffix(".onnx")
-    if path.suffix != ".onnx":
-        raise InputError(f"{path}: the output's name must end in .onnx")
-    if not path.parent.exists():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
+    path = check_output_path(out if out else src.with_suffix(".onnx"), ".onnx", "-o")
     report = export_onnx(graph, path, check=check, allow_untrained=allow_untrained)
     if as_json:
         _echo_json(report.to_json())

@@ -14,6 +14,7 @@ import click
 
 from cnas_ir.cli import Context, _info, _load, pass_ctx
 from cnas_ir.errors import InputError
+from cnas_ir.rundir import check_output_path
 
 if TYPE_CHECKING:
     from cnas_ir.draw import DeadMode, Level
@@ -23,14 +24,7 @@ __all__ = ["report", "show"]
 
 def _out_path(value: str | None, what: str) -> Path | None:
     """Refuse an output whose folder does not exist before any work is done."""
-    if value is None:
-        return None
-    path = Path(value)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; --{what} needs a file name")
-    if not path.parent.exists():  # a file in its place is a write failure, found when writing
-        raise InputError(f"{path}: folder {path.parent} does not exist")
-    return path
+    return None if value is None else check_output_path(value, option=f"--{what}")
 
 
 @click.command()

@@ -577,12 +577,11 @@ def build_report(run_dir: str | Path, artifact: str | Path | None = None) -> str
 def write_report(run_dir: str | Path, out: str | Path | None = None, artifact: str | Path | None = None) -> Path:
     """Write :func:`build_report` atomically to ``out`` (default ``RUN_DIR/report.html``)."""
     from cnas_ir.format import atomic_write
+    from cnas_ir.rundir import check_output_path
 
     if not Path(run_dir).is_dir():
         raise InputError(f"{run_dir}: no such run directory")
-    path = Path(out) if out is not None else Path(run_dir) / "report.html"
-    if not path.parent.exists():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
+    path = check_output_path(out if out is not None else Path(run_dir) / "report.html", option="-o")
     text = build_report(run_dir, artifact)
     atomic_write(path, text.encode("utf-8"))
     return path

@@ -18,13 +18,28 @@ from typing import Any
 
 from cnas_ir.errors import InputError, RunFailure
 
-__all__ = ["RunDir", "default_run_dir"]
+__all__ = ["RunDir", "check_output_path", "default_run_dir"]
 
 _ARTIFACT = re.compile(r"^(\d{3,})-([A-Za-z0-9_.-]+)\.cnas$")
 
 
 def default_run_dir() -> Path:
     return Path(os.environ.get("CNAS_RUN_DIR", "cnas-run"))
+
+
+def check_output_path(path: str | Path, suffix: str | None = None, option: str = "the output") -> Path:
+    """Refuse an output path before any work is done: a wrong suffix, a folder, a missing folder.
+
+    (A regular file where the folder should be is a write failure, found by :func:`atomic_write`.)
+    """
+    path = Path(path)
+    if suffix is not None and path.suffix != suffix:
+        raise InputError(f"{path}: the file name must end in {suffix}")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; {option} needs a file name")
+    if not path.parent.exists():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    return path
 
 
 class RunDir:
