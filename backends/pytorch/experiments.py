@@ -295,6 +295,11 @@ def _summary(rows: list[dict[str, Any]], key: str = "error") -> dict[str, float]
     return {"mean": statistics.mean(vals), "sd": sd, "n": len(vals)}
 
 
+def _arm(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One arm (or one point of a sweep): its runs and their error and parameter summaries."""
+    return {"runs": rows, "error": _summary(rows), "params": _summary(rows, "params")}
+
+
 def _pct(m: dict[str, float]) -> str:
     return f"{m['mean']:.2%} ± {m['sd']:.2%}"
 
@@ -320,9 +325,7 @@ def _fig2b(exp: Experiment, r: _Runner) -> dict[str, Any]:
         "target_params": target,
         "rho": rho,
         "no_prune_channels": width,
-        "arms": {
-            a: {"runs": rows, "error": _summary(rows), "params": _summary(rows, "params")} for a, rows in arms.items()
-        },
+        "arms": {a: _arm(rows) for a, rows in arms.items()},
     }
 
 
@@ -337,8 +340,7 @@ def _fig3(exp: Experiment, r: _Runner) -> dict[str, Any]:
             rho = _rho_for(g, target)
             r.say(f"{key} = {value}: one-shot {compute_stats(g).model_params:,} parameters, rho {rho:.4f}")
             rows = [r.cnas(g, rho, seed) for seed in exp.seeds]
-            points.append({"value": int(value), "rho": rho, "runs": rows, "error": _summary(rows),
-                           "params": _summary(rows, "params")})  # fmt: skip
+            points.append({"value": int(value), "rho": rho, **_arm(rows)})
             r.say(f"{key} = {value}: test error {_pct(points[-1]['error'])}")
         panels.append({"vary": key, "target_params": target, "points": points})
     return {"panels": panels}
@@ -388,9 +390,7 @@ def _densenet(exp: Experiment, r: _Runner) -> dict[str, Any]:
         "target_params": target,
         "rho": rho,
         "dense_growth_rate": k,
-        "arms": {
-            a: {"runs": rows, "error": _summary(rows), "params": _summary(rows, "params")} for a, rows in arms.items()
-        },
+        "arms": {a: _arm(rows) for a, rows in arms.items()},
     }
 
 
