@@ -87,3 +87,27 @@ def test_smoke_run_writes_json_plot_and_table(name, tmp_path, capsys):
     else:
         assert len(res["runs"]) == 2 and res["pairs"] == 1
         assert res["pearson_r"] is None or -1.0 <= res["pearson_r"] <= 1.0
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_jobs_in_worker_processes_give_the_same_numbers(tmp_path):
+    """--jobs 2 runs the seeds in two spawned processes: every run seeds its own training, so
+    the numbers equal the in-process run's, and the rows keep the seeds' order."""
+    assert main(["experiment", "fig2a", "--smoke", "-o", str(tmp_path / "one")]) == 0
+    assert main(["experiment", "fig2a", "--smoke", "-j", "2", "-o", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / d / "fig2a.json").read_text()) for d in ("one", "two"))
+    assert two["jobs"] == 2 and one["jobs"] == 1
+    strip = ("seconds",)
+    rows = [[{k: v for k, v in r.items() if k not in strip} for r in d["results"]["runs"]] for d in (one, two)]
+    assert rows[0] == rows[1] and [r["seed"] for r in rows[1]] == [0, 1]
+
+
+def test_all_runs_every_experiment_in_its_folder(tmp_path, monkeypatch):
+    """`experiment all` runs the four files in order, each into OUT/NAME (the runs themselves
+    are stubbed here: the smoke test above covers each one)."""
+    import cnas_ir.backends.pytorch.experiments as ex
+
+    seen = []
+    monkeypatch.setattr(ex, "run_experiment", lambda n, *, out, **kw: seen.append((n, out, kw["jobs"])))
+    assert main(["experiment", "all", "--smoke", "-j", "2", "-o", str(tmp_path)]) == 0
+    assert seen == [(n, tmp_path / f"{n}-smoke", 2) for n in NAMES]

@@ -20,10 +20,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from cnas_ir.passes.stats import compute_stats
 
 __all__ = [
     "EXPERIMENTS_DIR",
+    "KINDS",
     "Experiment",
     "find_experiment",
     "load_experiment",
@@ -194,12 +196,69 @@ def per_cell_random_saliency(g: Graph, seed: int = 0) -> Graph:
     return g.replace(saliency=sal)
 
 
-class _Runner:
-    """Training, search and evaluation with one experiment's shared settings."""
+@dataclass(frozen=True)
+class _Job:
+    """One independent run of an experiment: a :class:`_Runner` method (``cnas``,
+    ``random_per_cell`` or ``dense``) on the one-shot graph of the experiment's spec with the
+    space section's keys replaced by ``space``. Jobs share nothing, so they run in any order or
+    in parallel processes and give the same numbers (each seeds its own training)."""
 
-    def __init__(self, exp: Experiment, device: str, say: Say) -> None:
-        self.exp, self.device, self.say = exp, device, say
+    method: str
+    seed: int
+    rho: float | None = None
+    space: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+def _run_job(exp: Experiment, device: str, job: _Job) -> dict[str, Any]:
+    r = _Runner(exp, device, lambda _: None)
+    g = _build(exp.spec, **job.space) if job.space else cnas_ir.build(exp.spec)
+    if job.method == "dense":
+        return r.dense(g, job.seed)
+    assert job.rho is not None, job
+    return getattr(r, job.method)(g, job.rho, job.seed)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class _Runner:
+    """Training, search and evaluation with one experiment's shared settings; :meth:`run`
+    executes a list of jobs in this process or in ``jobs`` worker processes."""
+
+    def __init__(self, exp: Experiment, device: str, say: Say, jobs: int = 1) -> None:
+        self.exp, self.device, self.say, self.jobs = exp, device, say, jobs
         self._data: Any = None
+
+    def run(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+        """The results of ``jobs``, in their order; progress goes to ``say`` as each finishes."""
+        results: list[dict[str, Any] | None] = [None] * len(jobs)
+        t0 = time.perf_counter()
+
+        def done(i: int, row: dict[str, Any]) -> None:
+            results[i] = row
+            n, job = sum(x is not None for x in results), jobs[i]
+            self.say(f"[{n}/{len(jobs)}] {job.label or job.method} seed {job.seed}: test error {row['error']:.2%} "
+                     f"({row['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s so far)")  # fmt: skip
+
+        if self.jobs <= 1 or len(jobs) <= 1:
+            for i, job in enumerate(jobs):
+                done(i, _run_job(self.exp, self.device, job))
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            workers = min(self.jobs, len(jobs))
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+                futures = {pool.submit(_run_job, self.exp, self.device, job): i for i, job in enumerate(jobs)}
+                for fut in as_completed(futures):
+                    done(futures[fut], fut.result())
+        return [row for row in results if row is not None]
 
     def data(self, g: Graph) -> Any:
         if self._data is None:
@@ -315,34 +374,47 @@ def _fig2b(exp: Experiment, r: _Runner) -> dict[str, Any]:
     target = _target_for_rho(g, rho)
     width, small = _closest(exp.spec, "channels", int(exp.spec[space]["channels"]), target)
     r.say(f"target {target:,} parameters (rho {rho}); no-prune: channels {width} ({_params(small):,} parameters)")
-    arms: dict[str, list[dict[str, Any]]] = {"no-prune": [], "random-per-cell": [], "cnas": []}
-    for seed in exp.seeds:
-        arms["no-prune"].append(r.dense(small, seed))
-        arms["random-per-cell"].append(r.random_per_cell(g, rho, seed))
-        arms["cnas"].append(r.cnas(g, rho, seed))
-        r.say(f"seed {seed}: " + ", ".join(f"{a} {rows[-1]['error']:.2%}" for a, rows in arms.items()))
+    plan = {
+        "no-prune": [_Job("dense", s, space={"channels": width}, label="no-prune") for s in exp.seeds],
+        "random-per-cell": [_Job("random_per_cell", s, rho, label="random per cell") for s in exp.seeds],
+        "cnas": [_Job("cnas", s, rho, label="cnas") for s in exp.seeds],
+    }
     return {
         "target_params": target,
         "rho": rho,
         "no_prune_channels": width,
-        "arms": {a: _arm(rows) for a, rows in arms.items()},
+        "arms": {a: _arm(rows) for a, rows in _run_plan(r, plan).items()},
     }
+
+
+def _run_plan(r: _Runner, plan: dict[str, list[_Job]]) -> dict[str, list[dict[str, Any]]]:
+    """Run every job of every arm in one pool (so the workers stay busy across arms); each
+    arm's rows in its jobs' order."""
+    flat = [job for jobs in plan.values() for job in jobs]
+    rows = iter(r.run(flat))
+    return {arm: [next(rows) for _ in jobs] for arm, jobs in plan.items()}
 
 
 def _fig3(exp: Experiment, r: _Runner) -> dict[str, Any]:
     """§3.1 / Figure 3: vary nodes_per_cell, then ops_per_node, at a fixed final parameter count."""
-    panels = []
+    plan: dict[str, list[_Job]] = {}
+    meta = []
     for panel in exp.config["panels"]:
         key, target = str(panel["vary"]), int(panel["target_params"])
-        points = []
         for value in panel["values"]:
             g = _build(exp.spec, **{key: int(value)})
             rho = _rho_for(g, target)
             r.say(f"{key} = {value}: one-shot {compute_stats(g).model_params:,} parameters, rho {rho:.4f}")
-            rows = [r.cnas(g, rho, seed) for seed in exp.seeds]
-            points.append({"value": int(value), "rho": rho, **_arm(rows)})
-            r.say(f"{key} = {value}: test error {_pct(points[-1]['error'])}")
-        panels.append({"vary": key, "target_params": target, "points": points})
+            label = f"{key}={value}"
+            plan[label] = [_Job("cnas", s, rho, {key: int(value)}, label) for s in exp.seeds]
+            meta.append((key, target, int(value), rho, label))
+    rows = _run_plan(r, plan)
+    panels: list[dict[str, Any]] = []
+    for key, target, value, rho, label in meta:
+        if not panels or panels[-1]["vary"] != key or panels[-1]["target_params"] != target:
+            panels.append({"vary": key, "target_params": target, "points": []})
+        panels[-1]["points"].append({"value": value, "rho": rho, **_arm(rows[label])})
+        r.say(f"{label}: test error {_pct(panels[-1]['points'][-1]['error'])}")
     return {"panels": panels}
 
 
@@ -355,11 +427,7 @@ def _pearson(a: list[float], b: list[float]) -> float | None:
 def _fig2a(exp: Experiment, r: _Runner) -> dict[str, Any]:
     """§2.2 / Figure 2(a): one-shot vs final sparse test error over one-shot seeds."""
     rho = float(exp.config["rho"])
-    g = cnas_ir.build(exp.spec)
-    runs = []
-    for seed in exp.seeds:
-        runs.append(r.cnas(g, rho, seed))
-        r.say(f"seed {seed}: one-shot {runs[-1]['one_shot_error']:.2%}, final {runs[-1]['error']:.2%}")
+    runs = r.run([_Job("cnas", s, rho, label="one-shot + search") for s in exp.seeds])
     one, fin = [x["one_shot_error"] for x in runs], [x["error"] for x in runs]
     pairs = list(combinations(range(len(runs)), 2))
     d_one = [one[i] - one[j] for i, j in pairs]
@@ -381,16 +449,15 @@ def _densenet(exp: Experiment, r: _Runner) -> dict[str, Any]:
     target = _target_for_rho(g, rho)
     k, small = _closest(exp.spec, "growth_rate", int(exp.spec["densenet"]["growth_rate"]), target)
     r.say(f"target {target:,} parameters (rho {rho}); dense DenseNet-BC: growth rate {k} ({_params(small):,})")
-    arms: dict[str, list[dict[str, Any]]] = {"densenet-bc": [], "cnas-r": []}
-    for seed in exp.seeds:
-        arms["densenet-bc"].append(r.dense(small, seed))
-        arms["cnas-r"].append(r.cnas(g, rho, seed))
-        r.say(f"seed {seed}: " + ", ".join(f"{a} {rows[-1]['error']:.2%}" for a, rows in arms.items()))
+    plan = {
+        "densenet-bc": [_Job("dense", s, space={"growth_rate": k}, label="densenet-bc") for s in exp.seeds],
+        "cnas-r": [_Job("cnas", s, rho, label="cnas-r") for s in exp.seeds],
+    }
     return {
         "target_params": target,
         "rho": rho,
         "dense_growth_rate": k,
-        "arms": {a: _arm(rows) for a, rows in arms.items()},
+        "arms": {a: _arm(rows) for a, rows in _run_plan(r, plan).items()},
     }
 
 
@@ -476,10 +543,13 @@ def run_experiment(
     smoke: bool = False,
     data: str | None = None,
     device: str = "cpu",
+    jobs: int = 1,
     say: Say = lambda _: None,
 ) -> dict[str, Path]:
     """Run experiment ``name``; write ``NAME.json``, ``NAME.png`` and ``NAME.md`` into ``out``.
 
+    ``jobs`` > 1 runs the independent (arm, seed) runs in that many worker processes: the
+    numbers are the same, the wall time shorter where cores are idle (a digits run uses one).
     Returns the paths written. Raises :class:`InputError` for a bad experiment file or budget.
     """
     import torch
@@ -488,8 +558,8 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     say(f"experiment {exp.name} ({exp.kind}{', smoke' if smoke else ''}): seeds {exp.seeds}, "
-        f"{exp.epochs} one-shot / {exp.final_epochs} final epochs")  # fmt: skip
-    results = _RUNNERS[exp.kind](exp, _Runner(exp, device, say))
+        f"{exp.epochs} one-shot / {exp.final_epochs} final epochs, {jobs} job(s)")  # fmt: skip
+    results = _RUNNERS[exp.kind](exp, _Runner(exp, device, say, jobs))
     doc = {
         "experiment": exp.name,
         "kind": exp.kind,
@@ -500,6 +570,7 @@ def run_experiment(
         "final_epochs": exp.final_epochs,
         "spec": exp.spec,
         "device": device,
+        "jobs": jobs,
         "torch": torch.__version__,
         "seconds": time.perf_counter() - t0,
         "results": results,
