@@ -90,6 +90,11 @@ def test_folded_weights_follow_weight_changes() -> None:
     m.load_graph_weights(g)
     with torch.no_grad():
         assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
+    # a parameter replaced by assignment (not changed in place) is seen too
+    op = next(mod for name, mod in m.named_modules() if name.endswith(".pw") and "cell2" in name)
+    op.weight = torch.nn.Parameter(torch.randn_like(op.weight))
+    with torch.no_grad():
+        assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
 
 
 def test_gather_on_the_channels_last_view() -> None:
