@@ -210,6 +210,10 @@ class _Job:
     label: str = ""
 
 
+# Relative cost of a job: one-shot training + search + final training, or final training only.
+_COST = {"cnas": 3, "random_per_cell": 1, "dense": 1}
+
+
 def _run_job(exp: Experiment, device: str, job: _Job) -> dict[str, Any]:
     r = _Runner(exp, device, lambda _: None)
     g = _build(exp.spec, **job.space) if job.space else cnas_ir.build(exp.spec)
@@ -255,7 +259,9 @@ class _Runner:
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = {pool.submit(_run_job, self.exp, self.device, job): i for i, job in enumerate(jobs)}
+                # Longest first (a search trains twice), so no long job starts last and runs alone.
+                order = sorted(range(len(jobs)), key=lambda i: _COST.get(jobs[i].method, 0), reverse=True)
+                futures = {pool.submit(_run_job, self.exp, self.device, jobs[i]): i for i in order}
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())
         return [row for row in results if row is not None]
