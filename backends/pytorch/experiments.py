@@ -22,6 +22,7 @@ import json
 import math
 import os
 import statistics
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -536,7 +537,7 @@ def _plot(kind: str, res: dict[str, Any], title: str, path: Path) -> None:
                yerr=[100 * res["arms"][a]["error"]["sd"] for a in names], capsize=4, color="#4c72b0")  # fmt: skip
         ax.set_ylabel("test error (%)")
         ax.set_title(f"{res['target_params']:,} parameters", fontsize=9)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 12 * int(fig.get_figwidth())), fontsize=10)  # fits the figure
     fig.tight_layout()
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=120)
