@@ -225,8 +225,11 @@ def _run_job(exp: Experiment, device: str, job: _Job) -> dict[str, Any]:
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     torch.set_num_threads(threads)
 
 
@@ -259,12 +262,21 @@ class _Runner:
             workers = min(self.jobs, len(jobs))
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+            try:
                 # Longest first (a search trains twice), so no long job starts last and runs alone.
                 order = sorted(range(len(jobs)), key=lambda i: _COST.get(jobs[i].method, 0), reverse=True)
                 futures = {pool.submit(_run_job, self.exp, self.device, jobs[i]): i for i in order}
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())
+            except BaseException:
+                # Ctrl-C or a failed job: stop now. Leaving the pool's context would run every
+                # queued job first (minutes each); there is no public terminate before 3.14.
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
         return [row for row in results if row is not None]
 
     def data(self, g: Graph) -> Any:
