@@ -215,22 +215,24 @@ class _Job:
 _COST = {"cnas": 3, "random_per_cell": 1, "dense": 1}
 
 
-def _run_job(exp: Experiment, device: str, job: _Job) -> dict[str, Any]:
-    r = _Runner(exp, device, lambda _: None)
-    g = _build(exp.spec, **job.space) if job.space else cnas_ir.build(exp.spec)
-    if job.method == "dense":
-        return r.dense(g, job.seed)
-    assert job.rho is not None, job
-    return getattr(r, job.method)(g, job.rho, job.seed)
+# A worker process's runner, made once by _init_worker, so its data set is loaded once.
+_WORKER: _Runner | None = None
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, exp: Experiment, device: str) -> None:
     import signal
 
     import torch
 
+    global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     torch.set_num_threads(threads)
+    _WORKER = _Runner(exp, device, lambda _: None)
+
+
+def _run_job(job: _Job) -> dict[str, Any]:
+    assert _WORKER is not None, "_run_job runs in a worker started with _init_worker"
+    return _WORKER.job(job)
 
 
 class _Runner:
@@ -240,6 +242,14 @@ class _Runner:
     def __init__(self, exp: Experiment, device: str, say: Say, jobs: int = 1) -> None:
         self.exp, self.device, self.say, self.jobs = exp, device, say, jobs
         self._data: Any = None
+
+    def job(self, job: _Job) -> dict[str, Any]:
+        """One job's result row, on the one-shot graph of the spec with ``job.space`` applied."""
+        g = _build(self.exp.spec, **job.space) if job.space else cnas_ir.build(self.exp.spec)
+        if job.method == "dense":
+            return self.dense(g, job.seed)
+        assert job.rho is not None, job
+        return getattr(self, job.method)(g, job.rho, job.seed)
 
     def run(self, jobs: list[_Job]) -> list[dict[str, Any]]:
         """The results of ``jobs``, in their order; progress goes to ``say`` as each finishes."""
@@ -254,7 +264,7 @@ class _Runner:
 
         if self.jobs <= 1 or len(jobs) <= 1:
             for i, job in enumerate(jobs):
-                done(i, _run_job(self.exp, self.device, job))
+                done(i, self.job(job))
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -262,11 +272,13 @@ class _Runner:
             workers = min(self.jobs, len(jobs))
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+            pool = ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, self.exp, self.device)
+            )
             try:
                 # Longest first (a search trains twice), so no long job starts last and runs alone.
                 order = sorted(range(len(jobs)), key=lambda i: _COST.get(jobs[i].method, 0), reverse=True)
-                futures = {pool.submit(_run_job, self.exp, self.device, jobs[i]): i for i in order}
+                futures = {pool.submit(_run_job, jobs[i]): i for i in order}
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())
             except BaseException:
