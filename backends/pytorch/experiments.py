@@ -379,6 +379,17 @@ def _closest(spec: dict[str, Any], key: str, upper: int, target: int) -> tuple[i
     return best[1], best[2]
 
 
+def _budget_and_dense(exp: Experiment, key: str) -> tuple[float, int, int, Graph]:
+    """The pruned arms' budget and the dense arm matching it: (rho, whole-model parameter
+    target of the spec pruned to rho, the width ``key`` (1..the spec's) whose dense model is
+    closest to that target, that dense graph)."""
+    rho = float(exp.config["rho"])
+    space = exp.spec.get("space", "nasnet")
+    target = _target_for_rho(cnas_ir.build(exp.spec), rho)
+    value, dense = _closest(exp.spec, key, int(exp.spec[space][key]), target)
+    return rho, target, value, dense
+
+
 def _summary(rows: list[dict[str, Any]], key: str = "error") -> dict[str, float]:
     vals = [float(r[key]) for r in rows]
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -399,11 +410,7 @@ def _pct(m: dict[str, float]) -> str:
 
 def _fig2b(exp: Experiment, r: _Runner) -> dict[str, Any]:
     """§3.2 / Figure 2(b): no-pruning vs per-cell random pruning vs CNAS at equal parameters."""
-    rho = float(exp.config["rho"])
-    space = exp.spec.get("space", "nasnet")
-    g = cnas_ir.build(exp.spec)
-    target = _target_for_rho(g, rho)
-    width, small = _closest(exp.spec, "channels", int(exp.spec[space]["channels"]), target)
+    rho, target, width, small = _budget_and_dense(exp, "channels")
     r.say(f"target {target:,} parameters (rho {rho}); no-prune: channels {width} ({_params(small):,} parameters)")
     plan = {
         "no-prune": [_Job("dense", s, space={"channels": width}, label="no-prune") for s in exp.seeds],
@@ -475,10 +482,7 @@ def _fig2a(exp: Experiment, r: _Runner) -> dict[str, Any]:
 def _densenet(exp: Experiment, r: _Runner) -> dict[str, Any]:
     """§3.4: CNAS-R in the DenseNet-BC space vs a dense DenseNet-BC of equal parameters (the
     dense one's growth rate chosen for the closest parameter count)."""
-    rho = float(exp.config["rho"])
-    g = cnas_ir.build(exp.spec)
-    target = _target_for_rho(g, rho)
-    k, small = _closest(exp.spec, "growth_rate", int(exp.spec["densenet"]["growth_rate"]), target)
+    rho, target, k, small = _budget_and_dense(exp, "growth_rate")
     r.say(f"target {target:,} parameters (rho {rho}); dense DenseNet-BC: growth rate {k} ({_params(small):,})")
     plan = {
         "densenet-bc": [_Job("dense", s, space={"growth_rate": k}, label="densenet-bc") for s in exp.seeds],
