@@ -30,17 +30,9 @@ from cnas_ir.cli import main
 from cnas_ir.ir import Graph
 from cnas_ir.passes.fold import fold
 from cnas_ir.rundir import RunDir
+from helpers import TINY_SYNTHETIC
 
-SPEC = {
-    "name": "tiny-dist",
-    "space": "nasnet",
-    "input": {"channels": 1, "size": 8},
-    "classes": 4,
-    "nasnet": {"channels": 4, "stacks": 2, "cells_per_stack": 1, "nodes_per_cell": 2, "ops_per_node": 2,
-               "stem_multiplier": 2, "spatial_dropout": 0.1},
-    "data": {"name": "synthetic", "seed": 0},
-    "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "t0": 2, "t_mul": 2, "seed": 0},
-}  # fmt: skip
+SPEC = {**TINY_SYNTHETIC, "name": "tiny-dist", "train": {**TINY_SYNTHETIC["train"], "epochs": 2}}
 SALIENCY = {"batches": 3, "batch_size": 45, "seed": 4}  # 45 = 23 + 22 images per rank: uneven
 PRUNE = SearchSettings(rho=0.6, gamma=0.3, criterion="taylor", finetune_epochs=1, saliency_batches=2, device="cpu")
 

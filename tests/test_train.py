@@ -20,17 +20,9 @@ from cnas_ir.errors import InputError
 from cnas_ir.ir import Graph
 from cnas_ir.rundir import RunDir
 from cnas_ir.spec import TrainSpec
+from helpers import TINY_SYNTHETIC
 
-TINY = {
-    "name": "tiny-train",
-    "space": "nasnet",
-    "input": {"channels": 1, "size": 8},
-    "classes": 4,
-    "nasnet": {"channels": 4, "stacks": 2, "cells_per_stack": 1, "nodes_per_cell": 2, "ops_per_node": 2,
-               "stem_multiplier": 2, "spatial_dropout": 0.1},
-    "data": {"name": "synthetic", "seed": 0},
-    "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "t0": 2, "t_mul": 2, "seed": 0},
-}  # fmt: skip
+TINY = TINY_SYNTHETIC
 
 
 @pytest.fixture(scope="module")
