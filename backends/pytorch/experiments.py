@@ -284,9 +284,12 @@ class _Runner:
             except BaseException:
                 # Ctrl-C or a failed job: stop now. Leaving the pool's context would run every
                 # queued job first (minutes each); there is no public terminate before 3.14.
-                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown clears it
+                pool.shutdown(wait=False, cancel_futures=True)  # no new job starts
+                for proc in procs:
                     proc.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
+                for proc in procs:
+                    proc.join(timeout=30)  # gone before the error reaches the caller
                 raise
             pool.shutdown()
         return [row for row in results if row is not None]
