@@ -9,6 +9,8 @@ tap on its own input.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,40 @@ def test_contiguous_node_inputs_are_views() -> None:
     plans = [p for c in m._cells() for node in c._fused.plans for p in node]
     assert plans and all(isinstance(where, tuple) for _, _, where, _ in plans)
     assert isinstance(m._cells()[0]._fused, _FusedCell)
+
+
+def test_fused_path_gathers_on_the_module_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The plans' index tensors live on a plain object, which .to(device) does not move; a
+    # compact module on CUDA failed at its first gather (found on a lent GPU). This machine has
+    # no GPU: the meta device stands in, and every gather must get its index on the buffer's
+    # device (meta kernels do not check that themselves).
+    lower_mod = importlib.import_module("cnas_ir.backends.pytorch.lower")  # the package exports lower()
+    seen: list[tuple[torch.device, torch.device]] = []
+
+    def checked(buf: torch.Tensor, index: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            seen.append((buf.device, index.device))
+        return _gather_rows(buf, index)
+
+    monkeypatch.setattr(lower_mod, "_gather_rows", checked)
+    g = calibrated(random_alive(GRAPHS["nasnet"](), 0, fold=True), 0)
+    compact = lower(g, "compact").eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        compact(x)
+    compact.to("meta")
+    with torch.inference_mode():
+        compact(x.to("meta"))
+    assert seen and {b for b, _ in seen} == {torch.device("cpu"), torch.device("meta")}
+    assert all(b == i for b, i in seen)
+
+
+def test_fused_path_of_a_module_moved_under_inference_mode() -> None:
+    # .to() under inference_mode makes the parameters inference tensors, which have no
+    # in-place version counter: the staleness check of the folded weights must not need one.
+    g = calibrated(random_alive(GRAPHS["nasnet"](), 0, fold=True), 0)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    ref = logits(lower(g, "masked"), x)
+    with torch.inference_mode():
+        compact = lower(g, "compact").eval().to(torch.float64).to(torch.float32)
+        assert (compact(x) - ref).abs().max().item() < 1e-5

@@ -323,6 +323,12 @@ def _gather_rows(buf: Tensor, index: Tensor | tuple[int, int]) -> Tensor:
     return buf.index_select(1, index)
 
 
+def _version(t: Tensor) -> int:
+    """In-place version of ``t``; -1 for an inference tensor (a module moved with ``.to()``
+    under ``torch.inference_mode``), which has none: only its data pointer can tell a change."""
+    return -1 if t.is_inference() else t._version
+
+
 def _hooked(m: nn.Module) -> bool:
     """Whether calling ``m`` can run a forward hook (its own or a global one)."""
     g = _torch_module
@@ -387,6 +393,11 @@ class _FusedCell:
                     where = torch.as_tensor(index, dtype=torch.long)
                 plan.append((stride, buf, where, spans))
             self.plans.append(plan)
+        # The plans' index tensors per device they have been used on: this object is not a
+        # module, so ``.to(device)`` does not move them (CPU copies are the plans' own).
+        self._indices: dict[torch.device, list[list[Tensor | tuple[int, int]]]] = {
+            torch.device("cpu"): [[where for _, _, where, _ in plan] for plan in self.plans]
+        }
         self._key: tuple[object, ...] | None = None
         self._weights: list[tuple[list[Tensor], Tensor, Tensor]] = []
         # Looked up by name on every call (not the tensors themselves): a parameter replaced
@@ -405,7 +416,7 @@ class _FusedCell:
                 for table in (sub._parameters, sub._buffers)
                 for name in table
             ]
-        key = tuple(((t := table[name]) is not None and (t.data_ptr(), t._version)) for table, name in self._sources)
+        key = tuple(((t := table[name]) is not None and (t.data_ptr(), _version(t))) for table, name in self._sources)
         if key == self._key:
             return self._weights
         out: list[tuple[list[Tensor], Tensor, Tensor]] = []
@@ -431,8 +442,17 @@ class _FusedCell:
         self._key, self._weights = key, out
         return out
 
+    def _indices_on(self, device: torch.device) -> list[list[Tensor | tuple[int, int]]]:
+        found = self._indices.get(device)
+        if found is None:
+            cpu = self._indices[torch.device("cpu")]
+            found = [[w.to(device) if isinstance(w, Tensor) else w for w in plan] for plan in cpu]
+            self._indices[device] = found
+        return found
+
     def forward(self, cell: _NasnetCell, d: Tensor) -> Tensor:
         weights = self._folded(cell)
+        indices = self._indices_on(d.device)
         n, _, h, w = d.shape
         hz, wz = ((h + 1) // 2, (w + 1) // 2) if self.reduction else (h, w)
         fmt = torch.channels_last if d.is_contiguous(memory_format=torch.channels_last) and n * h * w > 1 else None
@@ -446,8 +466,8 @@ class _FusedCell:
             buf, off, size = self.slot[0]
             torch.clamp_min(d, 0, out=bufs[buf][:, off : off + size])  # type: ignore[index]
         zs: list[Tensor] = []
-        for k, ((computed, _, _), plan, (dws, pw, bias)) in enumerate(
-            zip(cell._nodes, self.plans, weights, strict=True), 1
+        for k, ((computed, _, _), plan, (dws, pw, bias), wheres) in enumerate(
+            zip(cell._nodes, self.plans, weights, indices, strict=True), 1
         ):
             if not computed:
                 continue
@@ -456,7 +476,7 @@ class _FusedCell:
             else:
                 node = getattr(cell, f"node{k}")
                 outs = []
-                for (stride, buf, where, spans), dw in zip(plan, dws, strict=True):
+                for (stride, buf, _, spans), dw, where in zip(plan, dws, wheres, strict=True):
                     x = _gather_rows(bufs[buf], where)  # type: ignore[arg-type]
                     for name, a, b in spans:
                         tap = node[name].x
