@@ -89,6 +89,8 @@ def test_folded_weights_follow_weight_changes() -> None:
         for p in m.parameters():
             p.mul_(0.9)
         assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
+        m.cell2.d_b.bn.running_mean.add_(0.5)  # the preprocessing's BN is folded too
+        assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
     m.load_graph_weights(g)
     with torch.no_grad():
         assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
@@ -153,3 +155,32 @@ def test_fused_path_of_a_module_moved_under_inference_mode() -> None:
     with torch.inference_mode():
         compact = lower(g, "compact").eval().to(torch.float64).to(torch.float32)
         assert (compact(x) - ref).abs().max().item() < 1e-5
+
+
+def test_a_hook_on_the_preprocessing_is_called() -> None:
+    # The fused path folds the preprocessing convs and BN and does not call those modules; a
+    # hook on one of them sends its cell down the per-op path, so the hook still runs.
+    g = calibrated(random_alive(nasnet_graph(), 5), 5)
+    m = lower(g, "compact").eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    ref = reference(m, x)
+    calls: list[tuple[int, ...]] = []
+    m.cell2.d_a.register_forward_hook(lambda _m, _inp, out: calls.append(tuple(out.shape)))
+    with torch.no_grad():
+        out = m(x)
+    assert len(calls) == 1 and (out - ref).abs().max().item() < 1e-5
+
+
+def test_a_cell_called_alone_returns_its_raw_output() -> None:
+    # Inside the network the fused cells hand on ReLU'd outputs; a cell called on its own
+    # returns what the per-op path returns: the raw concatenation of its z.
+    g = calibrated(random_alive(nasnet_graph(), 6), 6)
+    m = lower(g, "compact").eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    s = m.stem(x)
+    cell = m._cells()[0]
+    with torch.enable_grad():
+        ref = cell(s, s).detach()
+    with torch.no_grad():
+        out = cell(s, s)
+    assert (ref < 0).any() and (out - ref).abs().max().item() < 1e-5

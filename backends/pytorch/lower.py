@@ -12,8 +12,10 @@ Two modes compute the same function (eval mode, float32 tolerance):
   Its parameter count equals ``compute_stats(graph).model_params_live`` on a folded graph.
   In eval mode with autograd off, a NASNet cell runs a fused inference plan (:class:`_FusedCell`:
   one gather per node and stride, a node's ops as one depthwise + one pointwise conv with the
-  BNs folded, channels_last gathers on the (N*H*W, C) view); training and saliency (autograd
-  on) run the per-op path, where each op's BN and tap are separate modules.
+  BNs folded, preprocessing convs with their BN folded writing into the state buffer, cells
+  handing ReLU'd outputs to the next cells, channels_last gathers on the (N*H*W, C) view);
+  training and saliency (autograd on) run the per-op path, where each op's BN and tap are
+  separate modules.
 
 Liveness rules shared by both modes (they make the two agree on any verified graph):
 
@@ -254,12 +256,19 @@ class _NasnetCell(nn.Module):
         self.reduction = reduction
         # Compact mode: the inference plan (eval, no autograd) -- see _FusedCell.
         masked = any(op.masked for _, _, ops in nodes for op in ops.values())
-        self._fused = None if masked else _FusedCell(nodes, reduction)
+        self._fused = None if masked else _FusedCell(nodes, reduction, width)
+
+    def fusable(self) -> bool:
+        """Whether this call can take the fused inference path (compact, eval, autograd off)."""
+        return (
+            self._fused is not None and not self.training and not torch.is_grad_enabled() and self._fused.usable(self)
+        )
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        if self.fusable():
+            assert self._fused is not None
+            return self._fused.run(self, F.relu(a), F.relu(b), relu_out=False)
         d = torch.cat([self.d_a(a), self.d_b(b)], 1)
-        if self._fused is not None and not self.training and not torch.is_grad_enabled():
-            return self._fused.forward(self, d)
         # State 0 is ReLU(d_a | d_b), state k is ReLU(z_k): each computed once for all readers.
         states: list[Tensor | None] = [F.relu(d)]
         cache: _Cache = {}
@@ -338,47 +347,57 @@ def _hooked(m: nn.Module) -> bool:
 class _FusedCell:
     """A compact NASNet cell for inference: the same function, fewer and larger kernels.
 
-    - the ReLU'd states an op reads are written (by ``clamp_min(out=)``) into one buffer per
-      resolution, ``[relu(d) | relu(z_1) | ...]`` (a reduction cell's d has its own: it is at
-      the input resolution), so a node's inputs of one stride are ONE gather from one buffer --
-      a view when the channels are a contiguous run -- instead of one index_select per piece
-      per op plus a concat;
+    :meth:`run` takes the cell's inputs already ReLU'd (every reader of a cell output, the next
+    cells' preprocessing, starts with a ReLU; the network applies it once, where the output is
+    made) and returns the cell output ReLU'd (``relu_out``, for the next cells) or raw (for the
+    head, or for a cell called on its own):
+
+    - the preprocessing convs run with their BN folded in (bias = BN shift) and write
+      ``relu(d_a)``, ``relu(d_b)`` straight into the state buffer (no BN pass, no concat of d);
+    - the ReLU'd states are written (by ``clamp_min(out=)``) into one buffer per resolution,
+      ``[relu(d) | relu(z_1) | ...]`` (a reduction cell's d has its own: it is at the input
+      resolution), so a node's inputs of one stride are ONE gather from one buffer -- a view
+      when the channels are a contiguous run -- instead of one index_select per piece per op
+      plus a concat; the z of every computed node is there, in order, so a ReLU'd output is
+      the z part of that buffer;
     - a node's J ops run as one depthwise conv per stride group over the concatenation of
       their inputs and one pointwise conv whose columns are the ops' PW columns with each op's
       BN folded in, bias = the sum of the BN shifts (the ONNX backend's merge, in eager);
     - each op's tap is still called on its own input (a view of the node's gather), in x order,
-      once per stride group, so forward hooks see what the reference path gives them.
+      once per stride group, so forward hooks see what the reference path gives them. A hook
+      on the cell's preprocessing modules sends the cell down the per-op path instead.
 
     Folded weights are cached and rebuilt when any source tensor changes (data pointer or
     in-place version), so training, ``load_graph_weights`` and ``.to()`` are all seen.
     """
 
-    def __init__(self, nodes: Sequence[tuple[bool, bool, dict[str, _SepConv]]], reduction: bool) -> None:
-        # Buffer slot of every state read later: state 0 (d) in buffer 0; z states in buffer 1
-        # in a reduction cell, after d in buffer 0 in a normal one.
-        first = next((op for _, _, ops in nodes for op in ops.values()), None)
-        sizes = [] if first is None else first.state_sizes
+    def __init__(self, nodes: Sequence[tuple[bool, bool, dict[str, _SepConv]]], reduction: bool, width: int) -> None:
+        # Buffer slot of every state: state 0 (d = d_a | d_b) in buffer 0; the z of computed
+        # nodes, in order, in buffer 1 in a reduction cell, after d in buffer 0 in a normal one.
         self.reduction = reduction
-        read = [True] + [r for _, r, _ in nodes]
-        self.slot: dict[int, tuple[int, int, int]] = {}  # state -> (buffer, offset, size)
-        offsets = [0, 0]
-        for st in range(len(sizes)):
-            if not read[st]:
-                continue
-            buf = 1 if (reduction and st > 0) else 0
-            self.slot[st] = (buf, offsets[buf], sizes[st])
-            offsets[buf] += sizes[st]
+        self.width = width
+        self.computed = [c for c, _, _ in nodes]
+        self.read_later = [r for _, r, _ in nodes]
+        self.slot: dict[int, tuple[int, int, int]] = {0: (0, 0, 2 * width)}  # state -> (buffer, offset, size)
+        offsets = [2 * width, 0]
+        zbuf = 1 if reduction else 0
+        self.zs = (zbuf, offsets[zbuf])  # where the computed z start
+        for k, computed in enumerate(self.computed, 1):
+            if computed:
+                self.slot[k] = (zbuf, offsets[zbuf], width)
+                offsets[zbuf] += width
         self.buffer_sizes = offsets
         # Per node: [(stride, buffer, index or range, [(op name, start, stop)])] per stride group.
         self.plans: list[list[tuple[int, int, Tensor | tuple[int, int], list[tuple[str, int, int]]]]] = []
         for _, _, ops in nodes:
             groups: dict[int, tuple[list[np.ndarray], list[tuple[str, int, int]]]] = {}
             for name, op in ops.items():
+                assert op.state_sizes == [2 * width] + [width] * len(nodes), "state sizes"
                 for stride, ps in op.reads:
                     idx, spans = groups.setdefault(stride, ([], []))
                     start = sum(i.size for i in idx)
                     for st, p in ps:
-                        buf, off, _ = self.slot[st]
+                        _, off, _ = self.slot[st]
                         idx.append(p + off)
                     spans.append((name, start, sum(i.size for i in idx)))
             plan = []
@@ -399,19 +418,28 @@ class _FusedCell:
             torch.device("cpu"): [[where for _, _, where, _ in plan] for plan in self.plans]
         }
         self._key: tuple[object, ...] | None = None
-        self._weights: list[tuple[list[Tensor], Tensor, Tensor]] = []
+        self._weights: tuple[list[list[tuple[Tensor, Tensor]]], list[tuple[list[Tensor], Tensor, Tensor]]] = ([], [])
         # Looked up by name on every call (not the tensors themselves): a parameter replaced
         # by assignment is seen too. Walking cell.modules() per call cost 28 ms per forward of
         # the paper config, 13% of a batch-1 forward (measured).
         self._sources: list[tuple[dict[str, Tensor | None], str]] | None = None
+        self._watched: list[nn.Module] | None = None
 
-    def _folded(self, cell: _NasnetCell) -> list[tuple[list[Tensor], Tensor, Tensor]]:
-        """Per node: (DW weight per stride group, merged PW weight, PW bias)."""
+    def usable(self, cell: _NasnetCell) -> bool:
+        """Whether no forward hook waits on a module :meth:`run` does not call (the preprocessing)."""
+        if self._watched is None:
+            self._watched = [*cell.d_a.modules(), *cell.d_b.modules()]
+        return not any(_hooked(m) for m in self._watched)
+
+    def _folded(
+        self, cell: _NasnetCell
+    ) -> tuple[list[list[tuple[Tensor, Tensor]]], list[tuple[list[Tensor], Tensor, Tensor]]]:
+        """Preprocessing (weight, bias) per conv; per node (DW weight per stride group, merged
+        PW weight, PW bias)."""
         if self._sources is None:  # where each source tensor lives: (module's dict, name)
             self._sources = [
                 (table, name)
-                for m in cell.modules()
-                if isinstance(m, _SepConv)
+                for m in (cell.d_a, cell.d_b, *(m for m in cell.modules() if isinstance(m, _SepConv)))
                 for sub in m.modules()
                 for table in (sub._parameters, sub._buffers)
                 for name in table
@@ -419,6 +447,16 @@ class _FusedCell:
         key = tuple(((t := table[name]) is not None and (t.data_ptr(), _version(t))) for table, name in self._sources)
         if key == self._key:
             return self._weights
+        pre: list[list[tuple[Tensor, Tensor]]] = []  # per preprocessing module, per conv
+        for d in (cell.d_a, cell.d_b):
+            scale, shift = _bn_affine(d.bn)
+            convs = [d.conv] if isinstance(d, _Preprocess) else [d.conv1, d.conv2]
+            at, folded = 0, []
+            for conv in convs:
+                n = conv.out_channels
+                folded.append(((conv.weight * scale[at : at + n].view(-1, 1, 1, 1)).contiguous(), shift[at : at + n]))
+                at += n
+            pre.append(folded)
         out: list[tuple[list[Tensor], Tensor, Tensor]] = []
         for k, plan in enumerate(self.plans, 1):
             if not plan:
@@ -439,8 +477,8 @@ class _FusedCell:
                 bias = scale_shift[1] if bias is None else bias + scale_shift[1]
             assert bias is not None
             out.append((dws, torch.cat(pws, 1).contiguous(), bias.contiguous()))
-        self._key, self._weights = key, out
-        return out
+        self._key, self._weights = key, (pre, out)
+        return self._weights
 
     def _indices_on(self, device: torch.device) -> list[list[Tensor | tuple[int, int]]]:
         found = self._indices.get(device)
@@ -450,47 +488,65 @@ class _FusedCell:
             self._indices[device] = found
         return found
 
-    def forward(self, cell: _NasnetCell, d: Tensor) -> Tensor:
-        weights = self._folded(cell)
-        indices = self._indices_on(d.device)
-        n, _, h, w = d.shape
+    def run(self, cell: _NasnetCell, a: Tensor, b: Tensor, relu_out: bool) -> Tensor:
+        """The cell on ReLU'd inputs ``a``, ``b``: its output, ReLU'd if ``relu_out``."""
+        pre, weights = self._folded(cell)
+        indices = self._indices_on(b.device)
+        n, _, h, w = b.shape
         hz, wz = ((h + 1) // 2, (w + 1) // 2) if self.reduction else (h, w)
-        fmt = torch.channels_last if d.is_contiguous(memory_format=torch.channels_last) and n * h * w > 1 else None
-        bufs: list[Tensor | None] = [None, None]
-        for i, (size, (hh, ww)) in enumerate(zip(self.buffer_sizes, ((h, w), (hz, wz)), strict=True)):
-            if size:
-                bufs[i] = torch.empty(
-                    n, size, hh, ww, dtype=d.dtype, device=d.device, memory_format=fmt or torch.contiguous_format
-                )
-        if 0 in self.slot:
-            buf, off, size = self.slot[0]
-            torch.clamp_min(d, 0, out=bufs[buf][:, off : off + size])  # type: ignore[index]
+        cl = b.is_contiguous(memory_format=torch.channels_last) and n * h * w > 1
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        bufs: list[Tensor] = [
+            torch.empty(n, size, hh, ww, dtype=b.dtype, device=b.device, memory_format=fmt)
+            for size, (hh, ww) in zip(self.buffer_sizes, ((h, w), (hz, wz)), strict=True)
+        ]
+        # d = [d_a | d_b], each conv's output ReLU'd into its part of state 0
+        at = 0
+        for x, convs in zip((a, b), pre, strict=True):
+            stride = 1 if len(convs) == 1 else 2  # _Preprocess, or _FactorizedReduce's two convs
+            for i, (wt, bias) in enumerate(convs):
+                xi = x if i == 0 else F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # conv2 sees x shifted by a pixel
+                part = bufs[0][:, at : at + wt.shape[0]]
+                if x.shape[1]:
+                    torch.clamp_min(F.conv2d(xi, wt, bias, stride=stride), 0, out=part)
+                else:  # no input channel kept: the conv is 0, the output its bias
+                    torch.clamp_min(bias.view(1, -1, 1, 1).expand_as(part), 0, out=part)
+                at += wt.shape[0]
         zs: list[Tensor] = []
-        for k, ((computed, _, _), plan, (dws, pw, bias), wheres) in enumerate(
-            zip(cell._nodes, self.plans, weights, indices, strict=True), 1
+        for k, (computed, read_later, plan, (dws, pw, bias), wheres) in enumerate(
+            zip(self.computed, self.read_later, self.plans, weights, indices, strict=True), 1
         ):
             if not computed:
                 continue
+            buf, off, size = self.slot[k]
+            state = bufs[buf][:, off : off + size]
             if not plan:  # a live z whose ops are all dead is zero
-                z = cell._zeros(d, cell.width)
-            else:
-                node = getattr(cell, f"node{k}")
-                outs = []
-                for (stride, buf, _, spans), dw, where in zip(plan, dws, wheres, strict=True):
-                    x = _gather_rows(bufs[buf], where)  # type: ignore[arg-type]
-                    for name, a, b in spans:
-                        tap = node[name].x
-                        if _hooked(tap):
-                            tap(x[:, a:b])  # each op's tap on its own input
-                    outs.append(F.conv2d(x, dw, stride=stride, padding=1, groups=dw.shape[0]))
-                hcat = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
-                z = F.conv2d(hcat, pw, bias)
-            zs.append(z)
-            if k in self.slot:
-                buf, off, size = self.slot[k]
-                torch.clamp_min(z, 0, out=bufs[buf][:, off : off + size])  # type: ignore[index]
+                state.zero_()
+                if not relu_out:
+                    zs.append(cell._zeros(b, self.width))
+                continue
+            node = getattr(cell, f"node{k}")
+            outs = []
+            for (stride, buf, _, spans), dw, where in zip(plan, dws, wheres, strict=True):
+                x = _gather_rows(bufs[buf], where)
+                for name, lo, hi in spans:
+                    tap = node[name].x
+                    if _hooked(tap):
+                        tap(x[:, lo:hi])  # each op's tap on its own input
+                outs.append(F.conv2d(x, dw, stride=stride, padding=1, groups=dw.shape[0]))
+            hcat = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+            z = F.conv2d(hcat, pw, bias)
+            if relu_out or read_later:
+                torch.clamp_min(z, 0, out=state)
+            if not relu_out:
+                zs.append(z)
+        if relu_out:
+            zbuf, z0 = self.zs
+            c = bufs[zbuf][:, z0:]
+            # a view of the buffer unless it is all of it: one copy here, not one per reader
+            return c if z0 == 0 else c.contiguous(memory_format=fmt)
         if not zs:
-            return cell._zeros(d, 0)
+            return cell._zeros(b, 0)
         return zs[0] if len(zs) == 1 else torch.cat(zs, 1)
 
 
@@ -634,8 +690,16 @@ class CnasModule(nn.Module):
             for cell in self._cells():
                 s = cell(s)
             return self.head(s)
+        cells = self._cells()
+        if all(c.fusable() and not _hooked(c) for c in cells):
+            # Fused inference: each cell's output goes to the next cells' preprocessing, which
+            # starts with a ReLU, so cells hand on ReLU'd outputs; only the head reads raw ones.
+            prev_prev = prev = F.relu(s)
+            for i, cell in enumerate(cells, 1):
+                prev_prev, prev = prev, cell._fused.run(cell, prev_prev, prev, relu_out=i < len(cells))
+            return self.head(prev)
         prev_prev, prev = s, s
-        for cell in self._cells():
+        for cell in cells:
             prev_prev, prev = prev, cell(prev_prev, prev)
         return self.head(prev)
 
