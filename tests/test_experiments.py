@@ -28,6 +28,33 @@ def test_every_experiment_file_loads_in_both_sizes():
         assert smoke.epochs == smoke.final_epochs == 1 and len(smoke.seeds) <= 2
 
 
+def test_a_non_editable_install_carries_the_experiment_files(tmp_path):
+    # Found on a lent GPU machine, where cnas-ir was installed from a copy of the repository
+    # (not in editable mode): `cnas-ir experiment fig2b` said "known: none".
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    # a copy of the sources: setuptools builds in the source folder, which is to stay clean
+    src, target = tmp_path / "src", tmp_path / "site"
+    skip = shutil.ignore_patterns("results", "__pycache__", "*.egg-info", "build")
+    for part in ("cnas_ir", "passes", "backends", "experiments"):
+        shutil.copytree(ROOT / part, src / part, ignore=skip)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, src / part)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation"]
+    r = subprocess.run([*pip, "--no-compile", "--target", str(target), str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    code = "from cnas_ir.backends.pytorch.experiments import find_experiment; print(find_experiment('fig3'))"
+    env = {"PYTHONPATH": str(target), "PATH": os.environ.get("PATH", "")}
+    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str(target / "cnas_ir" / "experiments" / "fig3.yaml")
+
+
 def test_cifar10_option_sets_the_input():
     exp = load_experiment("fig2b", data="cifar10:/nowhere")
     assert exp.spec["input"] == {"channels": 3, "size": 32}
