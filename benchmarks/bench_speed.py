@@ -28,7 +28,8 @@ runs the ordinary iterative ``prune_to_rho`` on it.
 
 Weights are the lowering's seeded initialisation with BN statistics calibrated by one
 train-mode forward (defaults let activations explode over 20 cells, and inf/denormal arithmetic
-would distort timings). ``OMP_WAIT_POLICY`` defaults to PASSIVE (see bench_lower.py)::
+would distort timings). ``OMP_WAIT_POLICY`` defaults to PASSIVE (see bench_lower.py),
+``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` to 16384 (see below the imports)::
 
     python benchmarks/bench_speed.py [--configs paper-random-0.46 ...] [--batches 1 32]
         [--rounds 5] [--threads 2] [--no-ort] [--no-peer] [--before] [--json out.json]
@@ -48,6 +49,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP
+# oneDNN keeps 1024 conv primitives by default. A compact network has ~150 distinct conv shapes
+# per layout and batch (every node its own channel count); racing ten module variants in one
+# process overflows that, and every call would re-create its primitives (compact, batch 1: 107
+# ms alone, 231 ms interleaved with the one-shot; 112 ms interleaved with room for all).
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -320,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+        f"ONEDNN_PRIMITIVE_CACHE_CAPACITY={os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}, "
         f"rounds {args.rounds} (batch 1)"
     )
     rows: list[dict[str, object]] = []
