@@ -174,8 +174,12 @@ class _FactorizedReduce(nn.Module):
 
     def forward(self, a: Tensor) -> Tensor:
         h = F.relu(a)
-        shifted = F.pad(h, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.bn(torch.cat([_conv1x1(self.conv1, h), _conv1x1(self.conv2, shifted)], 1))
+        return self.bn(torch.cat([_conv1x1(self.conv1, h), _conv1x1(self.conv2, _shifted(h))], 1))
+
+
+def _shifted(h: Tensor) -> Tensor:
+    """``h`` shifted up and left by one pixel, zero-filled: what conv2 of a factorized reduce reads."""
+    return F.pad(h, (0, 1, 0, 1))[:, :, 1:, 1:]
 
 
 class _SepConv(nn.Module):
@@ -375,14 +379,11 @@ class _FusedCell:
         # Buffer slot of every state: state 0 (d = d_a | d_b) in buffer 0; the z of computed
         # nodes, in order, in buffer 1 in a reduction cell, after d in buffer 0 in a normal one.
         self.reduction = reduction
-        self.width = width
-        self.computed = [c for c, _, _ in nodes]
-        self.read_later = [r for _, r, _ in nodes]
         self.slot: dict[int, tuple[int, int, int]] = {0: (0, 0, 2 * width)}  # state -> (buffer, offset, size)
         offsets = [2 * width, 0]
         zbuf = 1 if reduction else 0
         self.zs = (zbuf, offsets[zbuf])  # where the computed z start
-        for k, computed in enumerate(self.computed, 1):
+        for k, (computed, _, _) in enumerate(nodes, 1):
             if computed:
                 self.slot[k] = (zbuf, offsets[zbuf], width)
                 offsets[zbuf] += width
@@ -413,10 +414,8 @@ class _FusedCell:
                 plan.append((stride, buf, where, spans))
             self.plans.append(plan)
         # The plans' index tensors per device they have been used on: this object is not a
-        # module, so ``.to(device)`` does not move them (CPU copies are the plans' own).
-        self._indices: dict[torch.device, list[list[Tensor | tuple[int, int]]]] = {
-            torch.device("cpu"): [[where for _, _, where, _ in plan] for plan in self.plans]
-        }
+        # module, so ``.to(device)`` does not move them.
+        self._indices: dict[torch.device, list[list[Tensor | tuple[int, int]]]] = {}
         self._key: tuple[object, ...] | None = None
         self._weights: tuple[list[list[tuple[Tensor, Tensor]]], list[tuple[list[Tensor], Tensor, Tensor]]] = ([], [])
         # Looked up by name on every call (not the tensors themselves): a parameter replaced
@@ -483,8 +482,7 @@ class _FusedCell:
     def _indices_on(self, device: torch.device) -> list[list[Tensor | tuple[int, int]]]:
         found = self._indices.get(device)
         if found is None:
-            cpu = self._indices[torch.device("cpu")]
-            found = [[w.to(device) if isinstance(w, Tensor) else w for w in plan] for plan in cpu]
+            found = [[w.to(device) if isinstance(w, Tensor) else w for _, _, w, _ in plan] for plan in self.plans]
             self._indices[device] = found
         return found
 
@@ -505,7 +503,7 @@ class _FusedCell:
         for x, convs in zip((a, b), pre, strict=True):
             stride = 1 if len(convs) == 1 else 2  # _Preprocess, or _FactorizedReduce's two convs
             for i, (wt, bias) in enumerate(convs):
-                xi = x if i == 0 else F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # conv2 sees x shifted by a pixel
+                xi = x if i == 0 else _shifted(x)  # a factorized reduce's conv2
                 part = bufs[0][:, at : at + wt.shape[0]]
                 if x.shape[1]:
                     torch.clamp_min(F.conv2d(xi, wt, bias, stride=stride), 0, out=part)
@@ -513,8 +511,8 @@ class _FusedCell:
                     torch.clamp_min(bias.view(1, -1, 1, 1).expand_as(part), 0, out=part)
                 at += wt.shape[0]
         zs: list[Tensor] = []
-        for k, (computed, read_later, plan, (dws, pw, bias), wheres) in enumerate(
-            zip(self.computed, self.read_later, self.plans, weights, indices, strict=True), 1
+        for k, ((computed, read_later, _), plan, (dws, pw, bias), wheres) in enumerate(
+            zip(cell._nodes, self.plans, weights, indices, strict=True), 1
         ):
             if not computed:
                 continue
@@ -523,7 +521,7 @@ class _FusedCell:
             if not plan:  # a live z whose ops are all dead is zero
                 state.zero_()
                 if not relu_out:
-                    zs.append(cell._zeros(b, self.width))
+                    zs.append(cell._zeros(b, cell.width))
                 continue
             node = getattr(cell, f"node{k}")
             outs = []
