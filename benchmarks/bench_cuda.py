@@ -38,10 +38,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_gpu  # noqa: E402
+from bench_gpu import VARIANTS  # noqa: E402
 from bench_speed import flop_macs, group_pruned_peer, make_config  # noqa: E402
 
 from cnas_ir.backends.pytorch import lower  # noqa: E402
@@ -184,34 +185,15 @@ def row(name: str, batch: int, amp: str, cl: bool, how: str, t: float, macs: int
 
 
 def training(cfg, dev: torch.device, batch: int, steps: int) -> list[dict[str, object]]:  # noqa: ANN001
-    s = cfg.pruned.spec
-    r = s.train
+    """The compact network's training throughput: bench_gpu.py's step, on the pruned graph."""
+    variants = ("fp32 channels-last", "bf16 channels-last") if dev.type == "cuda" else ("fp32 channels-last",)
     out = []
-    for amp in ("off", "bf16") if dev.type == "cuda" else ("off",):
-        torch.manual_seed(0)
-        m = lower(cfg.pruned, "compact").to(dev).to(memory_format=torch.channels_last).train()
-        opt = torch.optim.SGD(m.parameters(), lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
-                              weight_decay=r.weight_decay)  # fmt: skip
-        x = torch.randn(batch, s.input.channels, s.input.size, s.input.size, device=dev)
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, s.classes, (batch,), device=dev)
+    for variant in variants:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(dev)
-
-        def step(
-            m: nn.Module = m, opt: torch.optim.Optimizer = opt, x: Tensor = x, y: Tensor = y, amp: str = amp
-        ) -> None:
-            with autocast(dev, amp):
-                loss = F.cross_entropy(m(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        t = cuda_time(step, dev, steps)
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
-        out.append({"amp": amp, "batch": batch, "images_per_s": batch / t, "peak_mib": peak})
-        del m, opt
+        r = bench_gpu.one(variant, dev.type, batch, warmup=3, steps=steps, graph=cfg.pruned)
+        out.append({"amp": VARIANTS[variant][0], "batch": batch, "images_per_s": r["images_per_s"],
+                    "peak_mib": r["peak_mib"] if dev.type == "cuda" else float("nan")})  # fmt: skip
     return out
 
 

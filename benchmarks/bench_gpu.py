@@ -33,7 +33,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import cnas_ir  # noqa: E402
 from cnas_ir.backends.pytorch import lower  # noqa: E402
-from cnas_ir.backends.pytorch.train import autocast, pick_device  # noqa: E402
+from cnas_ir.backends.pytorch.train import autocast, pick_device, sgd  # noqa: E402
+from cnas_ir.ir import Graph  # noqa: E402
 
 VARIANTS = {
     "fp32": ("off", False),
@@ -43,19 +44,20 @@ VARIANTS = {
 }
 
 
-def one(variant: str, device: str, batch: int, warmup: int, steps: int) -> dict[str, object]:
-    """Train the paper network for ``warmup + steps`` steps of ``variant``; its measurements."""
+def one(
+    variant: str, device: str, batch: int, warmup: int, steps: int, graph: Graph | None = None
+) -> dict[str, object]:
+    """Train ``graph`` (default: the paper's one-shot network) for ``warmup + steps`` steps of
+    ``variant``; its measurements."""
     amp, channels_last = VARIANTS[variant]
     dev = pick_device(device)
     torch.manual_seed(0)
-    g = cnas_ir.build({"name": "paper"})
+    g = cnas_ir.build({"name": "paper"}) if graph is None else graph
     s = g.spec
     module = lower(g, "compact").to(dev)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    r = s.train
-    opt = torch.optim.SGD(module.parameters(), lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
-                          weight_decay=r.weight_decay)  # fmt: skip
+    opt = sgd(module.parameters(), s.train)
     x = torch.randn(batch, s.input.channels, s.input.size, s.input.size, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

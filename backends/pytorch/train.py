@@ -83,6 +83,7 @@ __all__ = [
     "evaluate",
     "evaluate_module",
     "pick_device",
+    "sgd",
     "train",
 ]
 
@@ -119,6 +120,17 @@ def pick_device(device: str) -> torch.device:
             else torch.device("cuda")
         )
     raise InputError(f"--device {device!r}: expected auto, cpu or cuda")
+
+
+def sgd(parameters: Any, recipe: TrainSpec) -> torch.optim.SGD:
+    """The recipe's optimizer: SGD with its learning rate, momentum, Nesterov and weight decay."""
+    return torch.optim.SGD(
+        parameters,
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov and recipe.momentum > 0,  # torch refuses Nesterov without momentum
+        weight_decay=recipe.weight_decay,
+    )
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
@@ -481,13 +493,7 @@ def train(
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)  # the initialisation of whatever the graph holds no weights for
         module = lower(graph, "compact", weights=not reinit).to(dev, **layout)
-        opt = torch.optim.SGD(
-            module.parameters(),
-            lr=recipe.lr,
-            momentum=recipe.momentum,
-            nesterov=recipe.nesterov and recipe.momentum > 0,  # torch refuses Nesterov without momentum
-            weight_decay=recipe.weight_decay,
-        )
+        opt = sgd(module.parameters(), recipe)
         fingerprint = _fingerprint(graph, splits.name, aug, reinit, seed)
         ckpt = _checkpoint_path(run, checkpoint) if run is not None else None
         if ckpt is not None and not resume and distributed.restarted():
