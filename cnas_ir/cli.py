@@ -232,13 +232,15 @@ def _process_group(device: str) -> Iterator[bool]:
 
 
 def _prelaunch_checks(ctx: Context, artifact: str | None, data: str | None, out: str | None) -> None:
-    """The input errors a relaunched command would meet, found here in one line each."""
-    _check_out(out)
-    ctx.run.resolve(artifact)
-    if data is not None:
-        from cnas_ir.backends.pytorch.data import parse_data_option
+    """The input errors a relaunched command would meet, found here in one line each: the
+    output path, the artifact (read and verified), and the data set (its name, a cifar10 folder,
+    whether it fits the spec; no data is read)."""
+    from cnas_ir.backends.pytorch.data import check_data, parse_data_option
 
-        parse_data_option(data)
+    _check_out(out)
+    name, path = parse_data_option(data) if data is not None else (None, None)
+    _, graph = _load(ctx, artifact)
+    check_data(graph.spec, name, path)
 
 
 @cli.command()

@@ -171,10 +171,26 @@ def test_cli_nproc_launches_torchrun(job: Path, tmp_path: Path, capsys: pytest.C
     capsys.readouterr()
     assert main(["--run-dir", rd, "train", "--nproc", "2", "-o", "x.txt"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    # an error only the workers find: each reports it, and the launcher fails with exit 1
-    r = subprocess.run([sys.executable, "-m", "cnas_ir", "--run-dir", rd, "train", "--nproc", "2", "--data", "digits"],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert r.returncode == 1 and r.stderr.count("classes is 4, digits has 10") == 2, r.stderr[-2000:]
+    assert main(["--run-dir", rd, "train", "--nproc", "2", "--data", "digits"]) == 2  # 4 classes, digits has 10
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "classes is 4, digits has 10" in err and "launching" not in err
+    assert main(["--run-dir", rd, "train", "--nproc", "2", "--data", f"cifar10:{tmp_path / 'none'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CIFAR-10 folder here" in err and "launching" not in err
+    # An error only the workers find (a damaged CIFAR-10 batch; the launcher reads no data):
+    # the first worker to meet it reports it, torchrun stops the others (they may or may not
+    # have reported it by then), and the launcher fails with exit 1.
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    for b in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (cifar / f"{b}.bin").write_bytes(bytes(100))  # not a whole 3,073-byte record
+    spec32 = tmp_path / "tiny32.yaml"
+    spec32.write_text(yaml.safe_dump({**SPEC, "input": {"channels": 3, "size": 32}, "classes": 10}))
+    rd32 = str(tmp_path / "run32")
+    assert main(["--run-dir", rd32, "build", str(spec32)]) == 0
+    r = subprocess.run([sys.executable, "-m", "cnas_ir", "--run-dir", rd32, "train", "--nproc", "2",
+                        "--data", f"cifar10:{cifar}"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 1 and "is not a whole number of 3073-byte CIFAR-10 records" in r.stderr, r.stderr[-2000:]
     assert r.stderr.rstrip().splitlines()[-1].startswith("cnas-ir: error: the 2 processes failed")
     assert main(["--run-dir", rd, "train", "--nproc", "2", "--device", "cpu"]) == 0
     arts = sorted(p.name for p in (tmp_path / "run").glob("*.cnas"))

@@ -49,6 +49,7 @@ _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = "test_batch"
 _CIFAR_VAL = 5000  # of the official 50,000 training images, as in the usual CIFAR-10 search setup
 _SYNTHETIC_SIZES = {"train": 640, "val": 160, "test": 320}
+_SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10)}  # channels, size, classes (synthetic: the spec's)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,28 @@ def parse_data_option(value: str) -> tuple[str, str | None]:
 # ---- loading ---------------------------------------------------------------------------------
 
 
+def check_data(
+    spec: Spec, name_override: str | None = None, path_override: str | None = None
+) -> tuple[str, tuple[Path, str] | None]:
+    """Everything :func:`load_dataset` checks before it reads data: the name, a cifar10
+    folder with every batch file in it, and that the data fits ``spec.input`` and
+    ``spec.classes``. Returns the name and, for cifar10, the folder and its format. The
+    ``--nproc`` launcher calls it so these errors come once, before any worker starts."""
+    name = name_override or spec.data.name
+    if name != "cifar10":
+        check_fits(spec, name)
+        return name, None
+    path = path_override or spec.data.path
+    if path is None:
+        raise InputError(
+            "data.path: cifar10 needs a local folder (spec key data.path or --data cifar10:PATH); "
+            "put the official cifar-10-batches-bin or cifar-10-batches-py there (nothing is downloaded)"
+        )
+    found = _find_cifar(Path(path))  # the folder's errors first, then the shape's
+    check_fits(spec, name)
+    return name, found
+
+
 def load_dataset(spec: Spec, name_override: str | None = None, path_override: str | None = None) -> Splits:
     """The dataset ``spec.data`` names (or ``name_override``/``path_override``), checked
     against ``spec.input`` and ``spec.classes``.
@@ -166,26 +189,15 @@ def load_dataset(spec: Spec, name_override: str | None = None, path_override: st
     Raises :class:`InputError` (one line) for an unknown name, a missing or malformed folder,
     or data whose shape does not fit the spec.
     """
-    name = name_override or spec.data.name
+    name, cifar = check_data(spec, name_override, path_override)
     seed = spec.data.seed
-    if name == "digits":
+    if cifar is not None:
+        images, labels, raw_test = _cifar10(*cifar, seed)
+    elif name == "digits":
         images, labels, raw_test = _digits(seed)
-        channels, size, classes = 1, 8, 10
-    elif name == "synthetic":
-        channels, size, classes = spec.input.channels, spec.input.size, spec.classes
-        images, labels, raw_test = _synthetic(channels, size, classes, seed)
-    elif name == "cifar10":
-        path = path_override or spec.data.path
-        if path is None:
-            raise InputError(
-                "data.path: cifar10 needs a local folder (spec key data.path or --data cifar10:PATH); "
-                "put the official cifar-10-batches-bin or cifar-10-batches-py there (nothing is downloaded)"
-            )
-        images, labels, raw_test = _cifar10(Path(path), seed)
-        channels, size, classes = 3, 32, 10
     else:
-        raise InputError(f"data.name {name!r}: unknown dataset (expected one of {', '.join(DATASETS)})")
-    _check_fits(spec, name, channels, size, classes)
+        images, labels, raw_test = _synthetic(spec.input.channels, spec.input.size, spec.classes, seed)
+    channels, size = spec.input.channels, spec.input.size
 
     train_x, val_x = images
     train_y, val_y = labels
@@ -213,7 +225,15 @@ def load_dataset(spec: Spec, name_override: str | None = None, path_override: st
     )
 
 
-def _check_fits(spec: Spec, name: str, channels: int, size: int, classes: int) -> None:
+def check_fits(spec: Spec, name: str) -> None:
+    """Raise a one-line :class:`InputError` unless the data set ``name`` fits ``spec.input``
+    and ``spec.classes``; reads no data (the ``--nproc`` launcher checks this before it starts
+    the workers)."""
+    if name not in DATASETS:
+        raise InputError(f"data.name {name!r}: unknown dataset (expected one of {', '.join(DATASETS)})")
+    if name not in _SHAPES:
+        return  # synthetic data is made to the spec's shape
+    channels, size, classes = _SHAPES[name]
     bad = []
     if spec.input.channels != channels:
         bad.append(f"input.channels is {spec.input.channels}, {name} has {channels}")
@@ -269,8 +289,8 @@ def _synthetic(channels: int, size: int, classes: int, seed: int) -> tuple[_Pair
 # ---- CIFAR-10 ----------------------------------------------------------------------------------
 
 
-def _cifar10(path: Path, seed: int) -> tuple[_Pair, _Pair, _Pair]:
-    folder, fmt = _find_cifar(path)
+def _cifar10(folder: Path, fmt: str, seed: int) -> tuple[_Pair, _Pair, _Pair]:
+    """The batches in ``folder`` (as :func:`_find_cifar` found it) as (train, val, test) pairs."""
     read = _read_cifar_bin if fmt == "bin" else _read_cifar_py
     suffix = ".bin" if fmt == "bin" else ""
     parts = [read(folder / f"{b}{suffix}") for b in _CIFAR_TRAIN]
