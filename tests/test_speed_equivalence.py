@@ -17,7 +17,7 @@ import torch
 from test_pytorch_lower import SIZE, calibrated, logits, nasnet_graph, random_alive
 
 from cnas_ir.backends.pytorch import lower
-from cnas_ir.backends.pytorch.lower import _FusedCell, _gather_rows
+from cnas_ir.backends.pytorch.lower import _FusedCell, _gather_rows, _Preprocess
 
 GRAPHS = {
     "nasnet": lambda: nasnet_graph(),
@@ -90,6 +90,10 @@ def test_folded_weights_follow_weight_changes() -> None:
             p.mul_(0.9)
         assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
         m.cell2.d_b.bn.running_mean.add_(0.5)  # the preprocessing's BN is folded too
+        assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
+        # a d_a computed by the previous cell (stacked with its d_b) follows its own BN
+        cell = next(c for c in m._cells()[1:] if isinstance(c.d_a, _Preprocess))
+        cell.d_a.bn.running_var.mul_(1.5)
         assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
     m.load_graph_weights(g)
     with torch.no_grad():
