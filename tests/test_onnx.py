@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from cnas_ir.backends.onnx import ExportReport, check_onnx, emit_model, export
-from cnas_ir.backends.onnx.builder import eliminate_dead_code, plan_gather, value_info
+from cnas_ir.backends.onnx.builder import eliminate_dead_code, plan_gather, stack_sibling_convs, value_info
 from cnas_ir.backends.onnx.fusion import bn_scale_shift, fold_bn_into_conv, merge_node_ops
 from cnas_ir.backends.pytorch import lower, to_graph
 from cnas_ir.errors import CnasError, InputError, RunFailure
@@ -358,6 +358,9 @@ def test_tiny_nasnet_structure_and_equivalence(tiny_pruned: Graph, tmp_path: Pat
     # stem + every emitted d + every live op's BN (into its node's merged PW conv)
     assert report.bn_folded == 1 + 2 * len(g.cells) - len(dead_d) + len(live_ops)
     assert report.bn_affine == 0 and sum(report.gathers.values()) >= report.nodes_merged
+    # preprocessing convs of one cell output whose readers gather channels run as one
+    splits = [n for n in model.graph.node if n.op_type == "Split"]
+    assert report.convs_stacked == sum(len(n.output) - 1 for n in splits) > 0
 
 
 def test_small_densenet_structure_and_equivalence(dense_pruned: Graph, tmp_path: Path) -> None:
@@ -382,6 +385,48 @@ def test_one_shot_export(make, tmp_path: Path) -> None:  # type: ignore[no-untyp
     assert_structure(g, model)
     # Unpruned, every op reads whole states: no Gather at all.
     assert not any(n.op_type == "Gather" for n in model.graph.node)
+    # nor stacked convs: states read whole stay in onnxruntime's blocked layout up to the DW conv
+    assert not any(n.op_type == "Split" for n in model.graph.node)
+
+
+def test_stack_sibling_convs_merges_same_input_same_attributes() -> None:
+    """Convs of one input: a and c (biased, stride 1) stack; b (no bias) and d (stride 2) have
+    other attributes; e would stack with a and c but its output goes on to another conv (it
+    would stay in onnxruntime's blocked layout, which a Split breaks). The reference is the
+    same model before the rewrite, run by onnxruntime."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], [helper.make_node("Relu", ["x"], ["h"], name="h")]
+
+    def conv(name: str, cout: int, bias: bool, stride: int = 1) -> None:
+        inits.append(numpy_helper.from_array(rng.standard_normal((cout, 6, 1, 1)).astype(np.float32), f"{name}.w"))
+        ins = ["h", f"{name}.w"]
+        if bias:
+            inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), f"{name}.b"))
+            ins.append(f"{name}.b")
+        nodes.append(helper.make_node("Conv", ins, [name], name=name, strides=[stride, stride]))
+
+    conv("a", 3, True)
+    conv("b", 4, False)
+    conv("c", 5, True)
+    conv("d", 2, True, stride=2)
+    conv("e", 3, True)
+    inits.append(numpy_helper.from_array(rng.standard_normal((2, 3, 1, 1)).astype(np.float32), "f.w"))
+    nodes.append(helper.make_node("Conv", ["e", "f.w"], ["f"], name="f"))
+    shapes = {"a": ["n", 3, 5, 5], "b": ["n", 4, 5, 5], "c": ["n", 5, 5, 5], "d": ["n", 2, 3, 3], "f": ["n", 2, 5, 5]}
+    results = [value_info(o, dims) for o, dims in shapes.items()]
+    graph = helper.make_graph(nodes, "g", [value_info("x", ["n", 6, 5, 5])], results, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    x = rng.standard_normal((2, 6, 5, 5)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert stack_sibling_convs(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert sorted(n.name for n in convs) == ["a+c", "b", "d", "e", "f"]
+    assert {t.name for t in model.graph.initializer} >= {"a+c.weight", "a+c.bias"}
+    assert not {"a.w", "a.b", "c.w", "c.b"} & {t.name for t in model.graph.initializer}
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for want, got in zip(before, after, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_unread_preprocessing_is_not_emitted(tmp_path: Path) -> None:

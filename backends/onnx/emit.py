@@ -35,7 +35,9 @@ Vertices with no live input (a preprocessing conv or head whose inputs were all 
 their bias broadcast over the batch (Expand), which is what the conv of zero channels computes.
 Finally dead-code elimination drops what no output needs: the IR never prunes preprocessing,
 but a d_a/d_b that no live x reads is dead computation (and so, possibly, the cell whose
-output only it read). Initializers then hold exactly the parameters the network uses.
+output only it read). Initializers then hold exactly the parameters the network uses. Last,
+the live 1x1 convs of one tensor (a cell's d_b and the next cell's d_a; d_a and d_b on the
+stem) become one conv and a Split.
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from cnas_ir.backends.onnx.builder import GatherPlan, OnnxBuilder, eliminate_dead_code, plan_gather, value_info
+from cnas_ir.backends.onnx.builder import (
+    GatherPlan,
+    OnnxBuilder,
+    eliminate_dead_code,
+    plan_gather,
+    stack_sibling_convs,
+    value_info,
+)
 from cnas_ir.backends.onnx.fusion import bn_scale_shift, fold_bn_into_conv, merge_node_ops
 from cnas_ir.ir import Cell, Edge, Graph, Kind, Node, Op
 from cnas_ir.weights import compact, weight_table
@@ -67,7 +76,8 @@ class EmitStats:
     they hold; ``gathers``: how merged nodes (NASNet) or bottlenecks (DenseNet) assemble their
     input channels, by :class:`~cnas_ir.backends.onnx.builder.GatherPlan` kind;
     ``dead_nodes``: nodes and initializers dead-code elimination removed (preprocessing whose
-    output no live x reads, and what only it needed).
+    output no live x reads, and what only it needed); ``convs_stacked``: convs merged into a
+    sibling that reads the same tensor (:func:`~cnas_ir.backends.onnx.builder.stack_sibling_convs`).
     """
 
     bn_folded: int = 0
@@ -76,6 +86,7 @@ class EmitStats:
     ops_merged: int = 0
     gathers: Counter[str] = field(default_factory=Counter)
     dead_nodes: int = 0
+    convs_stacked: int = 0
 
 
 @dataclass(frozen=True)
@@ -476,4 +487,5 @@ def emit_model(
                 stats.gathers[what.removeprefix("gathers.")] += amount
             else:
                 setattr(stats, what, getattr(stats, what) + amount)
+    stats.convs_stacked = stack_sibling_convs(model)
     return model, stats

@@ -73,6 +73,9 @@ class ExportReport:
     - minus the parameters of preprocessing that no live x reads (NASNet d_a/d_b and, if that
       leaves a cell output unread, that cell): the IR keeps preprocessing, dead-code
       elimination drops it (``dead_nodes`` counts the nodes and initializers removed).
+
+    ``convs_stacked``: convs merged into a sibling conv of the same input (NASNet: a cell's
+    d_b and the next cell's d_a run as one conv and a Split); the parameters are the same.
     """
 
     path: str
@@ -92,6 +95,7 @@ class ExportReport:
     ops_merged: int
     gathers: dict[str, int]
     dead_nodes: int
+    convs_stacked: int
     untrained: bool
     check: CheckReport | None = None
 
@@ -339,6 +343,7 @@ def _report(
         ops_merged=stats.ops_merged,
         gathers=dict(stats.gathers),
         dead_nodes=stats.dead_nodes,
+        convs_stacked=stats.convs_stacked,
         untrained=untrained,
         check=check,
     )
