@@ -389,11 +389,13 @@ def test_one_shot_export(make, tmp_path: Path) -> None:  # type: ignore[no-untyp
     assert not any(n.op_type == "Split" for n in model.graph.node)
 
 
-def test_stack_sibling_convs_merges_same_input_same_attributes() -> None:
+@pytest.mark.parametrize("relu", [False, True])
+def test_stack_sibling_convs_merges_same_input_same_attributes(relu: bool) -> None:
     """Convs of one input: a and c (biased, stride 1) stack; b (no bias) and d (stride 2) have
     other attributes; e would stack with a and c but its output goes on to another conv (it
-    would stay in onnxruntime's blocked layout, which a Split breaks). The reference is the
-    same model before the rewrite, run by onnxruntime."""
+    would stay in onnxruntime's blocked layout, which a Split breaks). With ``relu``, a and c
+    are each read by a Relu only, which moves before the Split. The reference is the same
+    model before the rewrite, run by onnxruntime."""
     rng = np.random.default_rng(0)
     inits, nodes = [], [helper.make_node("Relu", ["x"], ["h"], name="h")]
 
@@ -412,7 +414,11 @@ def test_stack_sibling_convs_merges_same_input_same_attributes() -> None:
     conv("e", 3, True)
     inits.append(numpy_helper.from_array(rng.standard_normal((2, 3, 1, 1)).astype(np.float32), "f.w"))
     nodes.append(helper.make_node("Conv", ["e", "f.w"], ["f"], name="f"))
-    shapes = {"a": ["n", 3, 5, 5], "b": ["n", 4, 5, 5], "c": ["n", 5, 5, 5], "d": ["n", 2, 3, 3], "f": ["n", 2, 5, 5]}
+    a, c = "a", "c"
+    if relu:
+        nodes += [helper.make_node("Relu", [t], [f"r{t}"], name=f"r{t}") for t in (a, c)]
+        a, c = "ra", "rc"
+    shapes = {a: ["n", 3, 5, 5], "b": ["n", 4, 5, 5], c: ["n", 5, 5, 5], "d": ["n", 2, 3, 3], "f": ["n", 2, 5, 5]}
     results = [value_info(o, dims) for o, dims in shapes.items()]
     graph = helper.make_graph(nodes, "g", [value_info("x", ["n", 6, 5, 5])], results, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
@@ -420,8 +426,13 @@ def test_stack_sibling_convs_merges_same_input_same_attributes() -> None:
     before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert stack_sibling_convs(model) == 1
     onnx.checker.check_model(model, full_check=True)
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    assert sorted(n.name for n in convs) == ["a+c", "b", "d", "e", "f"]
+    by_type: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        by_type.setdefault(n.op_type, []).append(n)
+    assert sorted(n.name for n in by_type["Conv"]) == ["a+c", "b", "d", "e", "f"]
+    (split,) = by_type["Split"]
+    assert list(split.output) == [a, c]
+    assert len(by_type["Relu"]) == (2 if relu else 1)  # h, and one for both parts
     assert {t.name for t in model.graph.initializer} >= {"a+c.weight", "a+c.bias"}
     assert not {"a.w", "a.b", "c.w", "c.b"} & {t.name for t in model.graph.initializer}
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
