@@ -8,8 +8,9 @@ NASNet
   - stem: Conv3x3 with its BN (affine) folded in (weight scaled, bias added);
   - d_a, d_b: Conv1x1 (factorized reduce: two stride-2 Conv1x1, the second over the input
     shifted by one pixel, i.e. a Slice and an end pad of 1) with the BN (affine=False) folded;
-  - ReLU once per state: ``relu(a)`` is shared by the two cells that read a cell output,
-    ``relu(d_a)``, ``relu(d_b)`` and ``relu(z_k)`` are computed once, every op gathers from them;
+  - ReLU once per state: ``relu(d_a)``, ``relu(d_b)`` and ``relu(z_k)`` are computed once,
+    every op gathers from them, and a cell output is the concat of its ``relu(z_k)`` (every
+    reader but the head starts with a ReLU), so no cell output is ReLU'd again;
   - a node is ONE depthwise Conv3x3 over the concatenation of its live ops' inputs (two in a
     reduction cell: x copied from d at stride 2, from z at stride 1) and ONE pointwise Conv1x1
     whose columns are the ops' PW columns with each op's BN folded, bias = sum of BN shifts;
@@ -286,8 +287,9 @@ class _Emitter:
     def nasnet(self, x: _T) -> str:
         stem = self.folded_conv(x, self.w("stem.conv.weight"), self.bn("stem.bn", affine=True), "stem.conv")
         prev_prev = prev = stem
-        for cell in self.g.cells:
-            prev_prev, prev = prev, self.nasnet_cell(cell, prev_prev, prev)
+        cells = self.g.cells
+        for i, cell in enumerate(cells, 1):
+            prev_prev, prev = prev, self.nasnet_cell(cell, prev_prev, prev, relu_out=i < len(cells))
         return self.head_linear(prev)
 
     def preprocess(self, a: _T, d: int) -> _T:
@@ -313,7 +315,11 @@ class _Emitter:
         o2 = self.conv(_T(shifted, h.channels, a.res - 1), w2f, b2, f"{p}.conv2", stride=2, pads=(0, 0, 1, 1))
         return self.note(self.concat([o1, o2], f"{p}.concat", o1.res), bn_folded=1)
 
-    def nasnet_cell(self, cell: Cell, a: _T, b: _T) -> _T:
+    def nasnet_cell(self, cell: Cell, a: _T, b: _T, relu_out: bool) -> _T:
+        """The cell output; ReLU'd if ``relu_out``. Every reader of a cell output but the head
+        (the next cells' preprocessing) starts with a ReLU, and relu(concat(z)) is the concat
+        of the relu(z) the cell makes anyway: so no ReLU pass over the output, and each z is
+        read by its Relu alone, which onnxruntime fuses into the conv that makes it."""
         g = self.g
         reduction = cell.kind == "reduction"
         d_a, d_b = (self.preprocess(x, d) for x, d in zip((a, b), cell.d, strict=True))
@@ -330,10 +336,13 @@ class _Emitter:
             if not g.alive[g.group_slice(node.z)].all():
                 continue
             z = self.nasnet_node(cell, node, states, state_of, reduction)
-            zs.append(z)
+            zs.append(self.relu(z) if relu_out else z)
             if read[k]:
                 states[k] = self.relu(z)
-        return self.concat(zs, f"cell{cell.index}.c", cell.res)
+        c = self.concat(zs, f"cell{cell.index}.c", cell.res)
+        if relu_out and c.name is not None:
+            self._relu[c.name] = c.name  # already ReLU'd
+        return c
 
     def nasnet_node(self, cell: Cell, node: Node, states: list[_T], state_of: dict[int, int], reduction: bool) -> _T:
         """z = sum over live ops of BN(PW(DW(x))) as (one or two) DW convs and one PW conv."""
