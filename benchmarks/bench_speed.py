@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--rounds", type=int, default=5, help="timed rounds at batch 1 (batch 32: half, at least 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (each: every contender once, interleaved)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ort", action="store_true")
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
         f"ONEDNN_PRIMITIVE_CACHE_CAPACITY={os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}, "
-        f"rounds {args.rounds} (batch 1)"
+        f"rounds {args.rounds}"
     )
     rows: list[dict[str, object]] = []
     one_shots: dict[str, Graph] = {}
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
                 sessions[name] = ort_session(path, args.threads)
         size, channels = cfg.one_shot.spec.input.size, cfg.one_shot.spec.input.channels
         for batch in args.batches:
-            rounds = args.rounds if batch == 1 else max(3, args.rounds // 2)
+            rounds = args.rounds
             x = torch.randn(batch, channels, size, size)
             contenders = torch_contenders(models, x)
             xn = x.numpy()

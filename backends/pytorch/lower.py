@@ -358,6 +358,7 @@ class _FusedCell:
 
     - the preprocessing convs run with their BN folded in (bias = BN shift) and write
       ``relu(d_a)``, ``relu(d_b)`` straight into the state buffer (no BN pass, no concat of d);
+      those that read the same tensor run as one conv (see :meth:`run`);
     - the ReLU'd states are written (by ``clamp_min(out=)``) into one buffer per resolution,
       ``[relu(d) | relu(z_1) | ...]`` (a reduction cell's d has its own: it is at the input
       resolution), so a node's inputs of one stride are ONE gather from one buffer -- a view
