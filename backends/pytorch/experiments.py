@@ -272,6 +272,7 @@ class _Runner:
             workers = min(self.jobs, len(jobs))
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+            before = set(multiprocessing.active_children())
             pool = ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, self.exp, self.device)
             )
@@ -284,12 +285,18 @@ class _Runner:
             except BaseException:
                 # Ctrl-C or a failed job: stop now. Leaving the pool's context would run every
                 # queued job first (minutes each); there is no public terminate before 3.14.
-                procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown clears it
+                # The pool's workers are this process's children that were not there before it
+                # (terminating those in the pool's private process table, snapshotted here, once
+                # left one alive in CI).
                 pool.shutdown(wait=False, cancel_futures=True)  # no new job starts
-                for proc in procs:
-                    proc.terminate()
-                for proc in procs:
-                    proc.join(timeout=30)  # gone before the error reaches the caller
+                deadline = time.monotonic() + 30
+                while left := [p for p in multiprocessing.active_children() if p not in before]:
+                    if time.monotonic() > deadline:
+                        break
+                    for proc in left:
+                        proc.terminate()
+                    for proc in left:
+                        proc.join(timeout=1)  # gone before the error reaches the caller
                 raise
             pool.shutdown()
         return [row for row in results if row is not None]
