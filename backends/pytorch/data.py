@@ -168,7 +168,7 @@ def check_data(
     ``--nproc`` launcher calls it so these errors come once, before any worker starts."""
     name = name_override or spec.data.name
     if name != "cifar10":
-        check_fits(spec, name)
+        _check_fits(spec, name)
         return name, None
     path = path_override or spec.data.path
     if path is None:
@@ -177,7 +177,7 @@ def check_data(
             "put the official cifar-10-batches-bin or cifar-10-batches-py there (nothing is downloaded)"
         )
     found = _find_cifar(Path(path))  # the folder's errors first, then the shape's
-    check_fits(spec, name)
+    _check_fits(spec, name)
     return name, found
 
 
@@ -225,10 +225,9 @@ def load_dataset(spec: Spec, name_override: str | None = None, path_override: st
     )
 
 
-def check_fits(spec: Spec, name: str) -> None:
+def _check_fits(spec: Spec, name: str) -> None:
     """Raise a one-line :class:`InputError` unless the data set ``name`` fits ``spec.input``
-    and ``spec.classes``; reads no data (the ``--nproc`` launcher checks this before it starts
-    the workers)."""
+    and ``spec.classes`` (reads no data)."""
     if name not in DATASETS:
         raise InputError(f"data.name {name!r}: unknown dataset (expected one of {', '.join(DATASETS)})")
     if name not in _SHAPES:
