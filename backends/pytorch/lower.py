@@ -424,7 +424,7 @@ class _FusedCell:
         # the paper config, 13% of a batch-1 forward (measured).
         self._sources: list[tuple[dict[str, Tensor | None], str]] | None = None
         self._watched: list[nn.Module] | None = None
-        self._stacks: list[tuple[list[Tensor], Tensor, Tensor]] = []  # see _stacked
+        self._stack: tuple[list[Tensor], Tensor, Tensor] | None = None  # see _stacked
 
     def usable(self, cell: _NasnetCell) -> bool:
         """Whether no forward hook waits on a module :meth:`run` does not call (the preprocessing)."""
@@ -492,11 +492,12 @@ class _FusedCell:
         """Folded 1x1 convs of one input as one conv, their rows stacked in order; cached while
         they come from the same folded-weight caches (which make new tensors on a change)."""
         sources = [t for conv in convs for t in conv]
-        for found, w, bias in self._stacks:
+        if self._stack is not None:
+            found, w, bias = self._stack
             if len(found) == len(sources) and all(x is y for x, y in zip(found, sources, strict=True)):
                 return w, bias
         w, bias = torch.cat([wt for wt, _ in convs]), torch.cat([bi for _, bi in convs])
-        self._stacks = [(sources, w, bias)]  # one group per cell and call pattern
+        self._stack = (sources, w, bias)  # a cell stacks one group per call
         return w, bias
 
     def run(
