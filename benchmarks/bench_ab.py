@@ -16,11 +16,9 @@ import argparse
 import importlib
 import importlib.util
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -29,7 +27,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")  # see bench_s
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import CONFIGS, ROOT, make_config  # noqa: E402
+from bench_speed import CONFIGS, ROOT, make_config, race  # noqa: E402
 
 NEW = importlib.import_module("cnas_ir.backends.pytorch.lower")
 
@@ -71,13 +69,8 @@ def main() -> None:
                 }
                 with torch.inference_mode():
                     diff = (models["after"](x) - models["before"](x)).abs().max().item()
-                    times: dict[str, list[float]] = {k: [] for k in models}
-                    for _ in range(rounds):
-                        for k, m in models.items():
-                            t = time.perf_counter()
-                            m(x)
-                            times[k].append(time.perf_counter() - t)
-                b, a = (statistics.median(times[k]) * 1e3 for k in ("before", "after"))
+                    med = race({k: (lambda m=m, x=x: m(x)) for k, m in models.items()}, rounds)
+                b, a = (med[k] * 1e3 for k in ("before", "after"))
                 print(f"batch {batch:2d} {lay:14s}: before {b:7.1f} ms, after {a:7.1f} ms ({a / b:.2f}x); "
                       f"max |after - before| {diff:.1e}")  # fmt: skip
 

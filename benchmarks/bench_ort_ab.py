@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import CONFIGS, ROOT, make_config, ort_session  # noqa: E402
+from bench_speed import CONFIGS, ROOT, make_config, ort_session, race  # noqa: E402
 
 _EXPORT = """
 import sys
@@ -88,13 +86,9 @@ def main() -> None:
         for name in ("one-shot", "compact"):
             diff = float(np.abs(outs["before", name] - outs["after", name]).max())
             assert diff < 1e-4, f"{name}: the two exports differ by {diff}"
-        times: dict[tuple[str, str], list[float]] = {k: [] for k in sessions}
-        for _ in range(rounds):
-            for k, s in sessions.items():
-                t = time.perf_counter()
-                s.run(None, {"input": x})
-                times[k].append(time.perf_counter() - t)
-        med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        feed = {"input": x}
+        contenders = {k: (lambda s=s, feed=feed: s.run(None, feed)) for k, s in sessions.items()}
+        med = {k: 1e3 * t for k, t in race(contenders, rounds).items()}
         for version in ("before", "after"):
             sp = med[version, "one-shot"] / med[version, "compact"]
             print(
