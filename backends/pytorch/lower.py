@@ -500,38 +500,21 @@ class _FusedCell:
         self._stack = (sources, w, bias)  # a cell stacks one group per call
         return w, bias
 
-    def run(
+    def _preprocess(
         self,
-        cell: _NasnetCell,
+        pre: list[list[tuple[Tensor, Tensor]]],
         a: Tensor,
         b: Tensor,
-        relu_out: bool,
-        d_a: Tensor | None = None,
-        next_cell: _NasnetCell | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """The cell on ReLU'd inputs ``a``, ``b``: its output, ReLU'd if ``relu_out``; and the
-        next cell's raw d_a when ``next_cell`` is given and can take it.
-
-        The 1x1 convs that read ``b`` run as one with their rows stacked: this cell's d_b,
-        ``next_cell``'s d_a (its rows are handed on raw, the ``d_a`` of the next call) and, in
-        the first cell, where both read the stem, this cell's d_a. One conv reads its input once
-        and is wider, which suits the vector units (two 1x1 convs 144 -> 36 at 32x32, batch 32:
-        18 ms, stacked 144 -> 72: 14 ms, channels_last, measured).
-        """
-        pre, weights = self._folded(cell)
-        indices = self._indices_on(b.device)
-        n, _, h, w = b.shape
-        hz, wz = ((h + 1) // 2, (w + 1) // 2) if self.reduction else (h, w)
-        cl = b.is_contiguous(memory_format=torch.channels_last) and n * h * w > 1
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        bufs: list[Tensor] = [
-            torch.empty(n, size, hh, ww, dtype=b.dtype, device=b.device, memory_format=fmt)
-            for size, (hh, ww) in zip(self.buffer_sizes, ((h, w), (hz, wz)), strict=True)
-        ]
-        # d = [d_a | d_b], each conv's output ReLU'd into its part of state 0
+        state0: Tensor,
+        d_a: Tensor | None,
+        next_cell: _NasnetCell | None,
+    ) -> Tensor | None:
+        """d = [d_a | d_b] of the folded 1x1 convs ``pre``, each conv's output ReLU'd into its
+        part of ``state0`` (a raw ``d_a`` handed on by the previous cell is only ReLU'd); returns
+        the next cell's raw d_a when it was stacked with this cell's d_b (see :meth:`run`)."""
         single = [len(convs) == 1 for convs in pre]  # _Preprocess (else a factorized reduce)
         n_a, n_b = (sum(wt.shape[0] for wt, _ in convs) for convs in pre)
-        parts = [bufs[0][:, :n_a], bufs[0][:, n_a : n_a + n_b]]  # where relu(d_a), relu(d_b) go
+        parts = [state0[:, :n_a], state0[:, n_a : n_a + n_b]]  # where relu(d_a), relu(d_b) go
         # The 1x1 convs of b: this cell's d_b, its d_a too when a is b (the first cell: both
         # read the stem), and the next cell's d_a (None: handed on raw).
         todo, group = [], []
@@ -575,6 +558,37 @@ class _FusedCell:
                 else:  # no input channel kept: the conv is 0, the output its bias
                     torch.clamp_min(bias.view(1, -1, 1, 1).expand_as(part), 0, out=part)
                 at += wt.shape[0]
+        return handoff
+
+    def run(
+        self,
+        cell: _NasnetCell,
+        a: Tensor,
+        b: Tensor,
+        relu_out: bool,
+        d_a: Tensor | None = None,
+        next_cell: _NasnetCell | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The cell on ReLU'd inputs ``a``, ``b``: its output, ReLU'd if ``relu_out``; and the
+        next cell's raw d_a when ``next_cell`` is given and can take it.
+
+        The 1x1 convs that read ``b`` run as one with their rows stacked: this cell's d_b,
+        ``next_cell``'s d_a (its rows are handed on raw, the ``d_a`` of the next call) and, in
+        the first cell, where both read the stem, this cell's d_a. One conv reads its input once
+        and is wider, which suits the vector units (two 1x1 convs 144 -> 36 at 32x32, batch 32:
+        18 ms, stacked 144 -> 72: 14 ms, channels_last, measured).
+        """
+        pre, weights = self._folded(cell)
+        indices = self._indices_on(b.device)
+        n, _, h, w = b.shape
+        hz, wz = ((h + 1) // 2, (w + 1) // 2) if self.reduction else (h, w)
+        cl = b.is_contiguous(memory_format=torch.channels_last) and n * h * w > 1
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        bufs: list[Tensor] = [
+            torch.empty(n, size, hh, ww, dtype=b.dtype, device=b.device, memory_format=fmt)
+            for size, (hh, ww) in zip(self.buffer_sizes, ((h, w), (hz, wz)), strict=True)
+        ]
+        handoff = self._preprocess(pre, a, b, bufs[0], d_a, next_cell)
         zs: list[Tensor] = []
         for k, ((computed, read_later, _), plan, (dws, pw, bias), wheres) in enumerate(
             zip(cell._nodes, self.plans, weights, indices, strict=True), 1
