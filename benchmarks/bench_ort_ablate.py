@@ -15,12 +15,11 @@ that each remove or restructure one kind of data movement, and races them all in
   Slice, when the run is contiguous) per run of channels of one state, then one Concat of the
   pieces; checked against the export's output;
 - ``per-state-sorted``: the same with each index sorted first (one piece per state) -- wrong
-  values, same shapes;
-- ``two-piece``: a node whose states are those of the node before plus one more reads them as
-  two pieces, a Gather from the node before's Concat (kept) and one from the new state, then a
-  Concat of the two; its own Concat of the states goes -- so every other node keeps one. Each
-  index is sorted by state first -- wrong values, same shapes: what materialising the state
-  Concat only every other node would cost.
+  values, same shapes.
+
+(A ``two-piece`` variant -- every other node keeping its Concat of the states, the node between
+gathering from it and from the newest state -- was measured at commit 13c7b5b; the exporter
+does this since.)
 
 Prints each model's median and the speedup over the one-shot as a share of the multiply-add
 ideal. ``--options`` races the one-shot and the export under other session settings instead
@@ -272,30 +271,6 @@ def kernels(rounds: int) -> None:
     print(f"a stack-1 cell's data movement: Concat per node {concat:.0f} us, ScatterND {scatter:.0f} us")
 
 
-def two_piece(src: Path, out: Path) -> Path:
-    mo = _Model(src)
-    kept: dict[tuple[str, ...], str] = {}  # the inputs of a Concat of states that stays -> its output
-    nodes = {}
-    for gather, concat in mo.state_gathers():
-        inputs = tuple(concat.input)
-        before = kept.get(inputs[:-1])
-        if before is None:
-            kept[inputs] = concat.output[0]
-            continue
-        index = np.sort(mo.index(gather))
-        split = mo.channels[before]
-        pieces = [(before, index[index < split]), (inputs[-1], index[index >= split] - split)]
-        made = []
-        for i, (data, local) in enumerate(pieces):
-            if local.size:
-                name = f"{gather.name}.piece{i}"
-                args = [data, mo.ints(f"{name}.index", local)]
-                made.append(helper.make_node("Gather", args, [name], name=name, axis=1))
-        joined = helper.make_node("Concat", [m.output[0] for m in made], list(gather.output), name=gather.name, axis=1)
-        nodes[gather.name] = [*made, joined]
-    return mo.replace(nodes, out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="paper-random-0.46", choices=CONFIGS)
@@ -323,7 +298,6 @@ def main() -> None:
             "slice": as_slices,
             "per-state": per_state,
             "per-state-sorted": lambda s, o: per_state(s, o, sort=True),
-            "two-piece": two_piece,
         }
         paths = {"one-shot": tmp / "one-shot.onnx", "export": compact}
         if args.profile:

@@ -16,7 +16,11 @@ NASNet
     whose columns are the ops' PW columns with each op's BN folded, bias = sum of BN shifts;
   - at most one Gather/Slice/Concat per (node, resolution) to assemble those inputs
     (:func:`~cnas_ir.backends.onnx.builder.plan_gather`), plus the Concat of the states it
-    reads when a Gather needs several;
+    reads when a Gather needs several -- except that a node reading the states an earlier
+    node's Gather concatenated plus one more takes its channels in two pieces, a Gather from
+    that Concat and one from the new state, then a Concat of the two, so that only every other
+    node copies all the states it reads (that copy is the largest data movement of a pruned
+    network in onnxruntime, which has no gather over several tensors);
   - optionally (``channel_multiple``) the depthwise input padded with filler channels whose
     weights are zeros made by Pad nodes, for onnxruntime's blocked CPU kernels;
   - head: GlobalAveragePool + Flatten + Gemm.
@@ -115,6 +119,8 @@ class _Emitter:
         self.notes: list[tuple[str, str, int]] = []
         self._relu: dict[str, str] = {}
         self._batch_shape: dict[tuple[int, ...], str] = {}
+        # Concats of states made to assemble a node's input: the tensors (in order) -> the Concat.
+        self._concats: dict[tuple[str, ...], str] = {}
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -213,9 +219,27 @@ class _Emitter:
             self.notes.extend((x.name, what, amount) for what, amount in counts.items())
         return x
 
+    def _earlier_concat(self, states: list[_T], state: np.ndarray) -> str | None:
+        """The Concat made for an earlier node of every state this input reads but the newest."""
+        read = np.unique(state)
+        return None if read.size < 2 else self._concats.get(tuple(str(states[s].name) for s in read[:-1]))
+
+    def two_piece_order(self, states: list[_T], state: np.ndarray) -> np.ndarray | None:
+        """An order of a node's input channels (copies of ``states[state[i]]``) for two pieces,
+        or None: when an earlier node's Concat holds every state this one reads but the newest,
+        the channels of the newest go last (a stable order otherwise) and :meth:`gather` takes
+        the rest from that Concat instead of concatenating all the states again."""
+        if self._earlier_concat(states, state) is None:
+            return None
+        return np.argsort(state == state.max(), kind="stable")
+
     def gather(self, states: list[_T], state: np.ndarray, pos: np.ndarray, name: str, pad: int = 0) -> tuple[_T, str]:
         """Channels (state[i], pos[i]) of ``states`` as one tensor, in that order, followed by
-        ``pad`` filler channels (copies of the last one, or zeros); and the plan kind."""
+        ``pad`` filler channels (copies of the last one, or zeros); and the plan kind
+        (``"two-piece"`` when ordered by :meth:`two_piece_order`)."""
+        src, newest = self._earlier_concat(states, state), state == state.max()
+        if src is not None and not newest[: int((~newest).sum())].any():  # in two_piece_order
+            return self._two_pieces(states, state, pos, newest, src, name, pad), "two-piece"
         plan = plan_gather(state, pos, [s.channels for s in states])
         if pad and plan.kind == "gather":
             assert plan.index is not None
@@ -229,6 +253,32 @@ class _Emitter:
             x = _T(self.b.node("Pad", [x.name, pads], f"{name}.padded"), x.channels + pad, x.res)
         return x, plan.kind
 
+    def _two_pieces(
+        self, states: list[_T], state: np.ndarray, pos: np.ndarray, newest: np.ndarray, src: str, name: str, pad: int
+    ) -> _T:
+        """Concat(Gather(src, ...), the newest state's channels): ``src`` concatenates the
+        states read before the newest in ascending order; ``pad`` copies of the last channel
+        end the second piece."""
+        read = np.unique(state[~newest])
+        offset = np.zeros(int(read.max()) + 1, np.int64)
+        offset[read] = np.concatenate([[0], np.cumsum([states[s].channels for s in read])[:-1]])
+        index = self.b.ints(offset[state[~newest]] + pos[~newest], f"{name}.index")
+        first = self.b.node("Gather", [src, index], f"{name}.old", axis=1)
+        new_pos = np.concatenate([pos[newest], np.full(pad, pos[newest][-1])])
+        s = int(state[newest][0])
+        plan = plan_gather(np.zeros(new_pos.size, np.int64), new_pos, [states[s].channels])
+        second = self._gather(plan, [states[s]], new_pos.size, f"{name}.new")
+        n = state.size + pad
+        return _T(self.b.node("Concat", [first, str(second.name)], name, axis=1), n, states[s].res)
+
+    def concat_states(self, names: list[str], name: str) -> str:
+        """Concat of the state tensors ``names`` in that order, made once: another node reading
+        the same states (every node's stride-2 part in a reduction cell) reuses it."""
+        key = tuple(names)
+        if key not in self._concats:
+            self._concats[key] = self.b.node("Concat", names, name, axis=1)
+        return self._concats[key]
+
     def _gather(self, plan: GatherPlan, states: list[_T], n: int, name: str) -> _T:
         """The nodes of ``plan``, giving ``n`` channels."""
         names = [str(states[s].name) for s in plan.states]
@@ -237,12 +287,12 @@ class _Emitter:
         if plan.kind == "identity":
             return states[plan.states[0]]
         if plan.kind == "concat":
-            return _T(self.b.node("Concat", names, name, axis=1), n, res)
+            return _T(self.concat_states(names, name), n, res)
         if plan.kind == "slice":
             ints = self.b.ints
             out = self.b.node("Slice", [names[0], ints([plan.start]), ints([plan.stop]), ints([1])], name)
             return _T(out, n, res)
-        src = names[0] if len(names) == 1 else self.b.node("Concat", names, f"{name}.src", axis=1)
+        src = names[0] if len(names) == 1 else self.concat_states(names, f"{name}.src")
         assert plan.index is not None
         index = self.b.ints(plan.index, f"{name}.index")
         return _T(self.b.node("Gather", [src, index], name, axis=1), n, res)
@@ -372,6 +422,7 @@ class _Emitter:
                     segments[part].append((state[sel], pos[sel], dw[sel], pw[:, sel], bias if first else 0 * bias))
         flat = [seg for part in segments for seg in part]
         merged = merge_node_ops([s[2] for s in flat], [s[3] for s in flat], [s[4] for s in flat])
+        dw_rows, pw_cols = merged.dw.copy(), merged.pw.copy()  # reordered below, part by part
         outs, pw_parts, pw_pads = [], [], []
         row = 0
         for part, segs in zip(parts, segments, strict=True):
@@ -380,21 +431,26 @@ class _Emitter:
             state = np.concatenate([s[0] for s in segs])
             pos = np.concatenate([s[1] for s in segs])
             n = int(state.size)
+            order = self.two_piece_order(states, state)
+            if order is not None:  # a depthwise channel and its PW column move together
+                state, pos = state[order], pos[order]
+                dw_rows[row : row + n] = dw_rows[row : row + n][order]
+                pw_cols[:, row : row + n] = pw_cols[:, row : row + n][:, order]
             # Zero channels up to a multiple of channel_multiple: see emit_model.
             pad = -n % self.channel_multiple
             stride = 2 if reduction and part == 0 else 1
             suffix = "" if not reduction else ("_d" if part == 0 else "_z")
             x, kind = self.gather(states, state, pos, f"{p}.gather{suffix}", pad=pad)
-            dw_w = self.zero_padded(f"{p}.dw{suffix}.weight", merged.dw[row : row + n], pad, axis=0)
+            dw_w = self.zero_padded(f"{p}.dw{suffix}.weight", dw_rows[row : row + n], pad, axis=0)
             dw = self.conv(x, (dw_w, n + pad, 3), None, f"{p}.dw{suffix}", stride=stride, group=n + pad)
             outs.append(self.note(dw, **{f"gathers.{kind}": 1}))
-            pw_parts.append(merged.pw[:, row : row + n])
+            pw_parts.append(pw_cols[:, row : row + n])
             pw_pads.append(pad)
             row += n
         h = self.concat(outs, f"{p}.dw.concat", cell.res)
         # Every op's BN is folded into its PW columns and the J biases are summed into one.
         if not any(pw_pads):
-            pw: np.ndarray | tuple[str, int, int] = merged.pw
+            pw: np.ndarray | tuple[str, int, int] = pw_cols
         else:
             names = [
                 self.zero_padded(f"{p}.pw{'' if len(pw_parts) == 1 else ('_d', '_z')[i]}.weight", w, pad, axis=1)
