@@ -79,7 +79,8 @@ class EmitStats:
     ``bn_folded``: BNs folded into the conv before them; ``bn_affine``: BNs emitted as Mul+Add;
     ``nodes_merged`` / ``ops_merged``: live nodes emitted as one DW+PW pair and the live ops
     they hold; ``gathers``: how merged nodes (NASNet) or bottlenecks (DenseNet) assemble their
-    input channels, by :class:`~cnas_ir.backends.onnx.builder.GatherPlan` kind;
+    input channels, by :class:`~cnas_ir.backends.onnx.builder.GatherPlan` kind, or
+    ``"two-piece"`` (from an earlier node's Concat of the states and the newest state);
     ``dead_nodes``: nodes and initializers dead-code elimination removed (preprocessing whose
     output no live x reads, and what only it needed); ``convs_stacked``: convs merged into a
     sibling that reads the same tensor (:func:`~cnas_ir.backends.onnx.builder.stack_sibling_convs`).
