@@ -137,18 +137,6 @@ def per_state(src: Path, out: Path, *, sort: bool = False) -> Path:
     return mo.replace(nodes, out)
 
 
-def _session(model: onnx.ModelProto | Path, threads: int = 2, spin: bool = False, nchwc: bool = True):  # noqa: ANN202
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    disabled = [] if nchwc else ["NchwcTransformer"]
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
-
-
 def _graph(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], inputs: dict[str, list[int]], outputs: list[str]):  # noqa: ANN202
     graph = helper.make_graph(
         nodes,
@@ -216,17 +204,11 @@ def _kind(name: str, op: str) -> str:
 
 def profile(paths: dict[str, Path], runs: int, threads: int) -> None:
     """Kernel time per run by kind, from onnxruntime's profiler, for each model in ``paths``."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     per_kind: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in paths.items():
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / name)
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort_session(path, threads, profile_prefix=str(Path(tmp) / name))
             for _ in range(runs):
                 session.run(None, {"input": x})
             kinds: dict[str, float] = {}
@@ -248,7 +230,7 @@ def kernels(rounds: int) -> None:
     print("depthwise 3x3 convs, 20 reading one input, per conv: blocked NCHWc / plain NCHW")
     for c, res in ((160, 32), (320, 16), (640, 8)):
         model, x = _convs(20, c, c, res, depthwise=True, chain=False, rng=rng), feed(1, c, res, res)
-        s = {nchwc: _session(model, nchwc=nchwc) for nchwc in (True, False)}
+        s = {nchwc: ort_session(model.SerializeToString(), 2, nchwc=nchwc) for nchwc in (True, False)}
         med = race({k: (lambda v=v, x=x: v.run(None, x)) for k, v in s.items()}, rounds)
         print(f"  {c} channels at {res}x{res}: {1e6 * med[True] / 20:.0f} us / {1e6 * med[False] / 20:.0f} us")
     print("pointwise convs, 20 reading one input: one-shot / compact input channels, GMAC/s")
@@ -256,16 +238,16 @@ def kernels(rounds: int) -> None:
         rate = []
         for cin in (big, small):
             model, x = _convs(20, cin, cout, res, depthwise=False, chain=False, rng=rng), feed(1, cin, res, res)
-            s = _session(model)
+            s = ort_session(model.SerializeToString(), 2)
             t = race({"conv": lambda s=s, x=x: s.run(None, x)}, rounds)["conv"]
             rate.append(20 * cin * cout * res * res / t / 1e9)
         print(f"  {big} / {small} -> {cout} at {res}x{res}: {rate[0]:.1f} / {rate[1]:.1f}")
     model, x = _convs(100, 16, 16, 2, depthwise=False, chain=True, rng=rng), feed(1, 16, 2, 2)
-    s = _session(model)
+    s = ort_session(model.SerializeToString(), 2)
     t = race({"conv": lambda: s.run(None, x)}, rounds)["conv"]
     print(f"fixed cost of a conv: {1e6 * t / 100:.1f} us (a chain of 100 1x1 convs, 16 channels at 2x2)")
     d = {"d": rng.standard_normal((1, 72, 32, 32)).astype(np.float32)}
-    s = {scatter: _session(_cell(scatter, 36, 32, 5, rng)) for scatter in (False, True)}
+    s = {scatter: ort_session(_cell(scatter, 36, 32, 5, rng).SerializeToString(), 2) for scatter in (False, True)}
     med = race({k: (lambda v=v: v.run(None, d)) for k, v in s.items()}, 10 * rounds)
     concat, scatter = (1e6 * med[k] for k in (False, True))
     print(f"a stack-1 cell's data movement: Concat per node {concat:.0f} us, ScatterND {scatter:.0f} us")
@@ -304,8 +286,12 @@ def main() -> None:
             profile(paths, args.rounds, args.threads)
             return
         if args.options:
-            settings = {"": {}, " spinning": {"spin": True}, " 1 thread": {"threads": 1}}
-            sessions = {f"{n}{k}": _session(p, **kw) for k, kw in settings.items() for n, p in paths.items()}
+            settings = {"": (args.threads, False), " spinning": (args.threads, True), " 1 thread": (1, False)}
+            sessions = {
+                f"{n}{k}": ort_session(p, threads, spin=spin)
+                for k, (threads, spin) in settings.items()
+                for n, p in paths.items()
+            }
         else:
             paths |= {name: make(compact, tmp / f"{name}.onnx") for name, make in variants.items()}
             sessions = {name: ort_session(p, args.threads) for name, p in paths.items()}

@@ -305,14 +305,25 @@ def best(med: dict[str, float], name: str) -> tuple[float, str]:
     return min((t, k.split("/")[1]) for k, t in med.items() if k.split("/")[0] == name)
 
 
-def ort_session(path: Path, threads: int):  # noqa: ANN201 - onnxruntime is imported lazily
+def ort_session(  # noqa: ANN201 - onnxruntime is imported lazily
+    model: Path | bytes, threads: int, *, spin: bool = False, nchwc: bool = True, profile_prefix: str | None = None
+):
+    """An onnxruntime CPU session: ``threads`` intra-op threads, one inter-op, no spinning
+    unless ``spin``; ``nchwc`` False disables the blocked-layout transformer; a
+    ``profile_prefix`` turns the profiler on."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if profile_prefix is not None:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
+    source = model if isinstance(model, bytes) else str(model)
+    disabled = [] if nchwc else ["NchwcTransformer"]
+    return ort.InferenceSession(
+        source, sess_options=options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
