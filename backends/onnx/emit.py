@@ -220,27 +220,22 @@ class _Emitter:
             self.notes.extend((x.name, what, amount) for what, amount in counts.items())
         return x
 
-    def _earlier_concat(self, states: list[_T], state: np.ndarray) -> str | None:
-        """The Concat made for an earlier node of every state this input reads but the newest."""
+    def earlier_concat(self, states: list[_T], state: np.ndarray) -> str | None:
+        """The Concat made for an earlier node of every state an input of channels
+        ``states[state[i]]`` reads but the newest, if there is one: the input can then come in
+        two pieces (:meth:`gather` with ``old``), once its channels are ordered with the
+        newest state's last, instead of concatenating all the states again."""
         read = np.unique(state)
         return None if read.size < 2 else self._concats.get(tuple(str(states[s].name) for s in read[:-1]))
 
-    def two_piece_order(self, states: list[_T], state: np.ndarray) -> np.ndarray | None:
-        """An order of a node's input channels (copies of ``states[state[i]]``) for two pieces,
-        or None: when an earlier node's Concat holds every state this one reads but the newest,
-        the channels of the newest go last (a stable order otherwise) and :meth:`gather` takes
-        the rest from that Concat instead of concatenating all the states again."""
-        if self._earlier_concat(states, state) is None:
-            return None
-        return np.argsort(state == state.max(), kind="stable")
-
-    def gather(self, states: list[_T], state: np.ndarray, pos: np.ndarray, name: str, pad: int = 0) -> tuple[_T, str]:
+    def gather(
+        self, states: list[_T], state: np.ndarray, pos: np.ndarray, name: str, pad: int = 0, old: str | None = None
+    ) -> tuple[_T, str]:
         """Channels (state[i], pos[i]) of ``states`` as one tensor, in that order, followed by
-        ``pad`` filler channels (copies of the last one, or zeros); and the plan kind
-        (``"two-piece"`` when ordered by :meth:`two_piece_order`)."""
-        src, newest = self._earlier_concat(states, state), state == state.max()
-        if src is not None and not newest[: int((~newest).sum())].any():  # in two_piece_order
-            return self._two_pieces(states, state, pos, newest, src, name, pad), "two-piece"
+        ``pad`` filler channels (copies of the last one, or zeros); and the plan kind, or
+        ``"two-piece"`` when ``old`` is the :meth:`earlier_concat` of an input so ordered."""
+        if old is not None:
+            return self._two_pieces(states, state, pos, old, name, pad), "two-piece"
         plan = plan_gather(state, pos, [s.channels for s in states])
         if pad and plan.kind == "gather":
             assert plan.index is not None
@@ -254,12 +249,12 @@ class _Emitter:
             x = _T(self.b.node("Pad", [x.name, pads], f"{name}.padded"), x.channels + pad, x.res)
         return x, plan.kind
 
-    def _two_pieces(
-        self, states: list[_T], state: np.ndarray, pos: np.ndarray, newest: np.ndarray, src: str, name: str, pad: int
-    ) -> _T:
+    def _two_pieces(self, states: list[_T], state: np.ndarray, pos: np.ndarray, src: str, name: str, pad: int) -> _T:
         """Concat(Gather(src, ...), the newest state's channels): ``src`` concatenates the
         states read before the newest in ascending order; ``pad`` copies of the last channel
         end the second piece."""
+        newest = state == state.max()
+        assert not newest[: int((~newest).sum())].any(), f"{name}: the newest state's channels must come last"
         read = np.unique(state[~newest])
         offset = np.zeros(int(read.max()) + 1, np.int64)
         offset[read] = np.concatenate([[0], np.cumsum([states[s].channels for s in read])[:-1]])
@@ -432,8 +427,9 @@ class _Emitter:
             state = np.concatenate([s[0] for s in segs])
             pos = np.concatenate([s[1] for s in segs])
             n = int(state.size)
-            order = self.two_piece_order(states, state)
-            if order is not None:  # a depthwise channel and its PW column move together
+            old = self.earlier_concat(states, state)
+            if old is not None:  # newest state last; a depthwise channel and its PW column move together
+                order = np.argsort(state == state.max(), kind="stable")
                 state, pos = state[order], pos[order]
                 dw_rows[row : row + n] = dw_rows[row : row + n][order]
                 pw_cols[:, row : row + n] = pw_cols[:, row : row + n][:, order]
@@ -441,7 +437,7 @@ class _Emitter:
             pad = -n % self.channel_multiple
             stride = 2 if reduction and part == 0 else 1
             suffix = "" if not reduction else ("_d" if part == 0 else "_z")
-            x, kind = self.gather(states, state, pos, f"{p}.gather{suffix}", pad=pad)
+            x, kind = self.gather(states, state, pos, f"{p}.gather{suffix}", pad=pad, old=old)
             dw_w = self.zero_padded(f"{p}.dw{suffix}.weight", dw_rows[row : row + n], pad, axis=0)
             dw = self.conv(x, (dw_w, n + pad, 3), None, f"{p}.dw{suffix}", stride=stride, group=n + pad)
             outs.append(self.note(dw, **{f"gathers.{kind}": 1}))
