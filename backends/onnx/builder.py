@@ -73,10 +73,17 @@ def plan_gather(state: np.ndarray, pos: np.ndarray, sizes: Sequence[int]) -> Gat
     if starts.size == 1:
         lo = int(run_lo[0])
         return GatherPlan("slice", (int(run_state[0]),), lo, lo + int(run_len[0]))
+    read, index = concat_index(state, pos, sizes)
+    return GatherPlan("gather", read, index=index)
+
+
+def concat_index(state: np.ndarray, pos: np.ndarray, sizes: Sequence[int]) -> tuple[tuple[int, ...], np.ndarray]:
+    """The states read (ascending) and, for each channel ``(state[i], pos[i])``, its index
+    into the Concat of those states in that order (``sizes[s]``: channels of state s)."""
     read = np.unique(state)
     offset = np.zeros(int(read.max()) + 1, np.int64)
     offset[read] = np.concatenate([[0], np.cumsum(np.asarray(sizes, np.int64)[read])[:-1]])
-    return GatherPlan("gather", tuple(int(s) for s in read), index=offset[state] + pos)
+    return tuple(int(s) for s in read), offset[state] + pos
 
 
 # ---- the builder ----------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ import onnx
 from cnas_ir.backends.onnx.builder import (
     GatherPlan,
     OnnxBuilder,
+    concat_index,
     eliminate_dead_code,
     plan_gather,
     stack_sibling_convs,
@@ -255,10 +256,8 @@ class _Emitter:
         end the second piece."""
         newest = state == state.max()
         assert not newest[: int((~newest).sum())].any(), f"{name}: the newest state's channels must come last"
-        read = np.unique(state[~newest])
-        offset = np.zeros(int(read.max()) + 1, np.int64)
-        offset[read] = np.concatenate([[0], np.cumsum([states[s].channels for s in read])[:-1]])
-        index = self.b.ints(offset[state[~newest]] + pos[~newest], f"{name}.index")
+        _, old_index = concat_index(state[~newest], pos[~newest], [s.channels for s in states])
+        index = self.b.ints(old_index, f"{name}.index")
         first = self.b.node("Gather", [src, index], f"{name}.old", axis=1)
         new_pos = np.concatenate([pos[newest], np.full(pad, pos[newest][-1])])
         s = int(state[newest][0])
