@@ -29,8 +29,8 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,21 +44,6 @@ from cnas_ir.passes.fold import fold
 from cnas_ir.passes.prune import prune_to_rho, random_saliency
 from cnas_ir.passes.stats import compute_stats
 from cnas_ir.spec import parse_spec
-
-
-def ort_session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Interleaved with PyTorch: idle workers must not spin on the cores PyTorch is about to use.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -75,6 +60,9 @@ def main() -> None:
     # Before torch is imported (its OpenMP runtime reads this once): see the module docstring.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_speed import ort_session, timed  # the one session setup (no spin-waiting) and timer
 
     from cnas_ir.backends.pytorch import lower
 
