@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import CONFIGS, make_config, ort_session, race  # noqa: E402
 
 from cnas_ir.backends.onnx import export  # noqa: E402
-from cnas_ir.backends.onnx.builder import eliminate_dead_code  # noqa: E402
+from cnas_ir.backends.onnx.builder import channel_runs, eliminate_dead_code  # noqa: E402
 
 
 class _Model:
@@ -146,8 +146,8 @@ def _runs(index: np.ndarray, offsets: np.ndarray) -> list[tuple[int, int, int]]:
     (channels of the concatenation whose state s starts at ``offsets[s]``)."""
     state = np.searchsorted(offsets, index, side="right") - 1
     pos = index - offsets[state]
-    bounds = [0, *(np.flatnonzero((np.diff(state) != 0) | (np.diff(pos) != 1)) + 1), index.size]
-    return [(int(state[a]), int(pos[a]), int(pos[b - 1]) + 1) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
+    starts, stops = channel_runs(state, pos)
+    return [(int(state[a]), int(pos[a]), int(pos[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)]
 
 
 def split_concat(src: Path, out: Path) -> Path:

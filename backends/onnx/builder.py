@@ -60,10 +60,7 @@ def plan_gather(state: np.ndarray, pos: np.ndarray, sizes: Sequence[int]) -> Gat
     pos = np.asarray(pos, np.int64)
     if state.size == 0:
         raise ValueError("plan_gather needs at least one input channel")
-    # Runs: maximal stretches of consecutive channels of one state.
-    breaks = np.flatnonzero((np.diff(state) != 0) | (np.diff(pos) != 1)) + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [state.size]])
+    starts, stops = channel_runs(state, pos)
     run_state = state[starts]
     run_lo, run_len = pos[starts], stops - starts
     whole = (run_lo == 0) & (run_len == np.asarray(sizes, np.int64)[run_state])
@@ -75,6 +72,13 @@ def plan_gather(state: np.ndarray, pos: np.ndarray, sizes: Sequence[int]) -> Gat
         return GatherPlan("slice", (int(run_state[0]),), lo, lo + int(run_len[0]))
     read, index = concat_index(state, pos, sizes)
     return GatherPlan("gather", read, index=index)
+
+
+def channel_runs(state: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, stops) of the runs of channels ``(state[i], pos[i])``: maximal stretches of
+    consecutive channels of one state."""
+    breaks = np.flatnonzero((np.diff(state) != 0) | (np.diff(pos) != 1)) + 1
+    return np.concatenate([[0], breaks]), np.concatenate([breaks, [state.size]])
 
 
 def concat_index(state: np.ndarray, pos: np.ndarray, sizes: Sequence[int]) -> tuple[tuple[int, ...], np.ndarray]:
