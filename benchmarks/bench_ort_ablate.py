@@ -27,13 +27,15 @@ does this since.)
 
 Prints each model's median and the speedup over the one-shot as a share of the multiply-add
 ideal. ``--options`` races the one-shot and the export under other session settings instead
-(spinning threads; one intra-op thread). ``--kernels`` times single kernels in small models of
-their own instead: depthwise convs in onnxruntime's blocked NCHWc layout against plain NCHW
-(the NCHWc transformer disabled), pointwise convs at the one-shot's and the compact network's
-channel counts (multiply-adds per second), the fixed cost of a tiny conv, and a five-node
-stack-1 cell assembling its inputs with a Concat per node against a ScatterND-updated buffer.
-``--profile`` prints onnxruntime's own profile of the one-shot and the export instead: kernel
-time per run by kind of kernel (the profiler inflates small kernels)::
+(spinning threads; one intra-op thread; plain NCHW, the blocked-layout transformer disabled),
+each also against the one-shot with the default settings. ``--kernels`` times single kernels
+in small models of their own instead: depthwise convs in onnxruntime's blocked NCHWc layout
+against plain NCHW (the NCHWc transformer disabled), pointwise convs at the one-shot's and the
+compact network's channel counts (multiply-adds per second), the fixed cost of a tiny conv, and
+a five-node stack-1 cell assembling its inputs with a Concat per node against a
+ScatterND-updated buffer. ``--profile`` prints onnxruntime's own profile of the one-shot and the
+export instead: kernel time per run and number of kernels, by kind of kernel (the profiler
+inflates small kernels)::
 
     python benchmarks/bench_ort_ablate.py [--config paper-random-0.46] [--rounds 30] [--reps 3]
         [--options | --kernels | --profile]
@@ -262,22 +264,27 @@ def profile(paths: dict[str, Path], runs: int, threads: int) -> None:
     """Kernel time per run by kind, from onnxruntime's profiler, for each model in ``paths``."""
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     per_kind: dict[str, dict[str, float]] = {}
+    count: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in paths.items():
             session = ort_session(path, threads, profile_prefix=str(Path(tmp) / name))
             for _ in range(runs):
                 session.run(None, {"input": x})
             kinds: dict[str, float] = {}
+            counts: dict[str, float] = {}
             for event in json.loads(Path(session.end_profiling()).read_text()):
                 if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
                     kind = _kind(event["name"], event["args"].get("op_name", "?"))
                     kinds[kind] = kinds.get(kind, 0.0) + event["dur"] / runs / 1e3
-            per_kind[name] = kinds
+                    counts[kind] = counts.get(kind, 0.0) + 1 / runs
+            per_kind[name], count[name] = kinds, counts
     names = list(paths)
-    print(f"kernel time per run, ms ({runs} runs): " + " / ".join(names))
+    print(f"kernel time per run, ms ({runs} runs, {threads} threads), [kernels]: " + " / ".join(names))
     for kind in sorted({k for v in per_kind.values() for k in v}, key=lambda k: -per_kind[names[0]].get(k, 0.0)):
-        print(f"  {kind:30s} " + " / ".join(f"{per_kind[n].get(kind, 0.0):6.2f}" for n in names))
-    print(f"  {'all kernels':30s} " + " / ".join(f"{sum(per_kind[n].values()):6.2f}" for n in names))
+        cells = [f"{per_kind[n].get(kind, 0.0):6.2f} [{count[n].get(kind, 0.0):3.0f}]" for n in names]
+        print(f"  {kind:30s} " + " / ".join(cells))
+    totals = [f"{sum(per_kind[n].values()):6.2f} [{sum(count[n].values()):3.0f}]" for n in names]
+    print(f"  {'all kernels':30s} " + " / ".join(totals))
 
 
 def kernels(rounds: int) -> None:
@@ -343,10 +350,15 @@ def main() -> None:
             profile(paths, args.rounds, args.threads)
             return
         if args.options:
-            settings = {"": (args.threads, False), " spinning": (args.threads, True), " 1 thread": (1, False)}
+            settings = {
+                "": (args.threads, False, True),
+                " spinning": (args.threads, True, True),
+                " 1 thread": (1, False, True),
+                " NCHW": (args.threads, False, False),
+            }
             sessions = {
-                f"{n}{k}": ort_session(p, threads, spin=spin)
-                for k, (threads, spin) in settings.items()
+                f"{n}{k}": ort_session(p, threads, spin=spin, nchwc=nchwc)
+                for k, (threads, spin, nchwc) in settings.items()
                 for n, p in paths.items()
             }
         else:
@@ -370,7 +382,10 @@ def main() -> None:
             cells.append(f"one-shot{setting} {1e3 * one:.1f} ms")
             for k, t in med.items():  # this setting's other models: "name" + setting, no other setting
                 if not k.startswith("one-shot") and k.endswith(setting) and " " not in k.removesuffix(setting):
-                    cells.append(f"{k} {1e3 * t:.1f} ms ({100 * one / t / ideal:.0f}%)")
+                    share = f"{100 * one / t / ideal:.0f}%"
+                    if setting:  # also against the one-shot with the default settings
+                        share += f", {100 * med['one-shot'] / t / ideal:.0f}% of the default one-shot's"
+                    cells.append(f"{k} {1e3 * t:.1f} ms ({share})")
         print(f"race {rep + 1}: " + " | ".join(cells), flush=True)
 
 
