@@ -119,8 +119,8 @@ def test_contiguous_node_inputs_are_views() -> None:
     # same prefix of the buffer, so no plan needs an index when there is one op per node.
     g = nasnet_graph(ops=1)
     m = lower(g.replace(alive=np.ones_like(g.alive)), "compact")
-    plans = [p for c in m._cells() for node in c._fused.plans for p in node]
-    assert plans and all(isinstance(where, tuple) for _, _, where, _ in plans)
+    reads = [r.read for c in m._cells() for node in c.plan.nodes for r in node.merged]
+    assert reads and all(r.run is not None for r in reads)
     assert isinstance(m._cells()[0]._fused, _FusedCell)
 
 

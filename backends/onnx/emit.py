@@ -64,7 +64,8 @@ from cnas_ir.backends.onnx.builder import (
     value_info,
 )
 from cnas_ir.backends.onnx.fusion import bn_scale_shift, fold_bn_into_conv, merge_node_ops
-from cnas_ir.ir import Cell, Edge, Graph, Kind, Node, Op
+from cnas_ir.ir import Cell, Edge, Graph, Op
+from cnas_ir.passes.plan import NodePlan, compact_keep, nasnet_plan, op_computes
 from cnas_ir.weights import compact, weight_table
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "EmitStats", "emit_model"]
@@ -115,6 +116,8 @@ class _Emitter:
     def __init__(self, g: Graph, channel_multiple: int) -> None:
         self.g = g
         self.channel_multiple = channel_multiple
+        # The execution plan decides each node's ops and reads (cnas_ir.passes.plan).
+        self.plans = nasnet_plan(g, compact_keep(g)) if g.spec.space == "nasnet" else []
         self.b = OnnxBuilder()
         self.table = weight_table(g)
         # (ONNX node name, EmitStats field, amount): counted only if that node survives.
@@ -323,10 +326,6 @@ class _Emitter:
         sl = self.g.group_slice(op.x)
         return sl.start + np.flatnonzero(self.g.alive[sl])
 
-    def _op_live(self, op: Op, node: Node) -> bool:
-        a, g = self.g.alive, self.g
-        return bool(a[g.group_slice(op.x)].any() and a[g.group_slice(op.y)].all() and a[g.group_slice(node.z)].all())
-
     # ---- NASNet -----------------------------------------------------------------------------
 
     def nasnet(self, x: _T) -> str:
@@ -365,56 +364,40 @@ class _Emitter:
         (the next cells' preprocessing) starts with a ReLU, and relu(concat(z)) is the concat
         of the relu(z) the cell makes anyway: so no ReLU pass over the output, and each z is
         read by its Relu alone, which onnxruntime fuses into the conv that makes it."""
-        g = self.g
-        reduction = cell.kind == "reduction"
+        plan = self.plans[cell.index - 1]
         d_a, d_b = (self.preprocess(x, d) for x, d in zip((a, b), cell.d, strict=True))
-        # States the ops read, ReLU'd once each: d_a, d_b, z_1, ..., z_K.
-        groups = [*cell.d, *(node.z for node in cell.nodes)]
-        state_of = {grp: i for i, grp in enumerate(groups)}
+        # The plan's states, ReLU'd once each: d_a, d_b, z_1, ..., z_K (separate tensors here:
+        # ONNX has no writes into a buffer; a node's read becomes a Gather over their Concat).
         states: list[_T] = [self.relu(d_a), self.relu(d_b)] + [_T(None, 0, 1)] * len(cell.nodes)
-        read = np.zeros(len(groups), dtype=bool)
-        for op in cell.ops:
-            xs = self._live_x(op)
-            read[[state_of[int(s)] for s in np.unique(g.vertex_group[g.src[xs]])]] = True
         zs: list[_T] = []
-        for k, node in enumerate(cell.nodes, 2):
-            if not g.alive[g.group_slice(node.z)].all():
+        for node in plan.nodes:
+            if not node.computed:
                 continue
-            z = self.nasnet_node(cell, node, states, state_of, reduction)
+            z = self.nasnet_node(cell, node, states, plan.reduction)
             zs.append(self.relu(z) if relu_out else z)
-            if read[k]:
-                states[k] = self.relu(z)
+            if node.read_later:
+                states[node.k + 1] = self.relu(z)
         c = self.concat(zs, f"cell{cell.index}.c", cell.res)
         if relu_out and c.name is not None:
             self._relu[c.name] = c.name  # already ReLU'd
         return c
 
-    def nasnet_node(self, cell: Cell, node: Node, states: list[_T], state_of: dict[int, int], reduction: bool) -> _T:
-        """z = sum over live ops of BN(PW(DW(x))) as (one or two) DW convs and one PW conv."""
-        g = self.g
-        p = f"cell{cell.index}.node{node.index}"
-        ops = [op for op in node.ops if self._op_live(op, node)]
-        assert ops, f"{p}: a live node without a live op (the graph is not folded)"
-        # Part 0 holds the x copied from d (stride 2 in a reduction cell), part 1 those copied
-        # from z (stride 1); a normal cell has part 0 only. Within a part, op after op.
+    def nasnet_node(self, cell: Cell, node: NodePlan, states: list[_T], reduction: bool) -> _T:
+        """z = sum over the plan's ops of BN(PW(DW(x))) as (one or two) DW convs and one PW conv."""
+        p = node.name
+        assert node.ops, f"{p}: a live node without a live op (the graph is not folded)"
+        # Segment list 0 holds the parts at stride 2 (x copied from d in a reduction cell), list 1
+        # those at stride 1; a normal cell has list 0 only. Within a list, op after op.
         parts = (0, 1) if reduction else (0,)
         segments: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in parts]
-        for op in ops:
-            op_p = f"{p}.op{op.j}"
-            xs = self._live_x(op)
-            src = g.src[xs].astype(np.int64)
-            sg = g.vertex_group[src]
-            state = np.array([state_of[int(v)] for v in sg], np.int64)
-            pos = src - g.start[sg]
-            pw, bias = fold_bn_into_conv(self.w(f"{op_p}.pw.weight"), *self.bn(f"{op_p}.bn", affine=False))
-            dw = self.w(f"{op_p}.dw.weight")
-            from_d = g.kind[sg] == Kind.D
-            for part in parts:
-                sel = (from_d if part == 0 else ~from_d) if reduction else np.ones(xs.size, bool)
-                if sel.any():
-                    # The op's bias enters the sum once, with its first segment.
-                    first = part == 0 or not from_d.any()
-                    segments[part].append((state[sel], pos[sel], dw[sel], pw[:, sel], bias if first else 0 * bias))
+        for op in node.ops:
+            pw, bias = fold_bn_into_conv(self.w(f"{op.name}.pw.weight"), *self.bn(f"{op.name}.bn", affine=False))
+            dw = self.w(f"{op.name}.dw.weight")
+            for q, part in enumerate(op.parts):
+                lo, hi = part.columns
+                # The op's bias enters the sum once, with its first part.
+                seg = (part.state, part.pos, dw[lo:hi], pw[:, lo:hi], bias if q == 0 else 0 * bias)
+                segments[0 if not reduction or part.stride == 2 else 1].append(seg)
         flat = [seg for part in segments for seg in part]
         merged = merge_node_ops([s[2] for s in flat], [s[3] for s in flat], [s[4] for s in flat])
         dw_rows, pw_cols = merged.dw.copy(), merged.pw.copy()  # reordered below, part by part
@@ -455,7 +438,7 @@ class _Emitter:
             w_name = names[0] if len(names) == 1 else self.b.node("Concat", names, f"{p}.pw.weight", axis=1)
             pw = (w_name, int(merged.pw.shape[0]), 1)
         z = self.conv(h, pw, merged.bias, f"{p}.pw")
-        return self.note(z, nodes_merged=1, ops_merged=len(ops), bn_folded=len(ops))
+        return self.note(z, nodes_merged=1, ops_merged=len(node.ops), bn_folded=len(node.ops))
 
     # ---- DenseNet-BC --------------------------------------------------------------------------
 
@@ -487,7 +470,7 @@ class _Emitter:
             if not g.alive[g.group_slice(node.z)].all():
                 continue
             (op,) = node.ops
-            assert self._op_live(op, node), f"cell{cell.index}.node{node.index}: live z without a live op"
+            assert op_computes(g, op, node.z), f"cell{cell.index}.node{node.index}: live z without a live op"
             p = f"cell{cell.index}.node{node.index}.op{op.j}"
             xs = self._live_x(op)
             src = g.src[xs].astype(np.int64)

@@ -40,11 +40,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules import module as _torch_module
 
 from cnas_ir.ir import Cell, Edge, Graph, Op
 from cnas_ir.passes.fold import live_closure
+from cnas_ir.passes.plan import CellPlan, OpPart, OpPlan, compact_keep, nasnet_plan, op_computes
 from cnas_ir.weights import WeightInfo, live_index, weight_table
+
+from .buffered import Pool, run_cell
+from .buffered import conv1x1 as _conv1x1
+from .buffered import hooked as _hooked
+from .buffered import shifted as _shifted
 
 __all__ = ["CnasModule", "Mode", "lower", "to_graph"]
 
@@ -114,7 +119,7 @@ class _Gather(nn.Module):
 class _Tap(nn.Module):
     """The op's own copy x of its input channels, as a fresh view: a hook point for saliency.
 
-    Ops reading the same channels share one gathered tensor; the view gives each op its own
+    Ops reading the same channels may share one gathered tensor; the view gives each op its own
     autograd node, so a tensor hook on this module's output sees that op's own gradient δx.
     """
 
@@ -133,19 +138,6 @@ class _Stem(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
         return x if self.bn is None else self.bn(x)
-
-
-def _conv1x1(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``conv(x)`` for a 1x1 conv (no padding), also when every input column was pruned.
-
-    PyTorch returns 0 channels for a conv over 0 input channels; the sum over no inputs is 0.
-    """
-    if x.shape[1]:
-        return conv(x)
-    (s, _) = conv.stride
-    n, _, h, w = x.shape
-    # "+ 0 * sum(weight)" keeps the (empty) weight in the autograd graph, so DDP sees it used.
-    return x.new_zeros(n, conv.out_channels, (h - 1) // s + 1, (w - 1) // s + 1) + 0 * conv.weight.sum()
 
 
 class _Preprocess(nn.Module):
@@ -177,25 +169,28 @@ class _FactorizedReduce(nn.Module):
         return self.bn(torch.cat([_conv1x1(self.conv1, h), _conv1x1(self.conv2, _shifted(h))], 1))
 
 
-def _shifted(h: Tensor) -> Tensor:
-    """``h`` shifted up and left by one pixel, zero-filled: what conv2 of a factorized reduce reads."""
-    return F.pad(h, (0, 1, 0, 1))[:, :, 1:, 1:]
+def _pieces(part: OpPart, width: int) -> list[_Piece]:
+    """An op part as pieces of the per-op path's states: [relu(d_a | d_b), relu(z_1), ...]."""
+    state = np.where(part.state <= 1, 0, part.state - 1)
+    pos = np.where(part.state == 1, part.pos + width, part.pos)
+    return [(int(s), pos[state == s]) for s in np.unique(state)]
 
 
 class _SepConv(nn.Module):
     """y = BN(PW(DW3x3(x))) over the op's gathered (already ReLU'd) input channels.
 
-    ``reads`` has one entry per stride group, (stride, pieces): in a reduction cell the channels
-    copied from d come first with stride 2, those copied from z follow with stride 1; the DW
-    outputs are concatenated in that order, which is the x order the PW columns follow.
-    ``mask`` (masked mode): float 0/1 per x in x order; ``alive``: the op's 0/1 factor.
-    ``x`` is a hook point that sees each stride group of ReLU(x) after the mask, before dropout
-    (x·δx is the same before and after the ReLU). Output: (N, C, H_out, W_out).
+    ``plan`` has one part per stride group: in a reduction cell the channels copied from d come
+    first with stride 2, those copied from z follow with stride 1; the DW outputs are concatenated
+    in that order, which is the x order the PW columns follow. ``mask`` (masked mode): float 0/1
+    per x in x order; ``alive``: the op's 0/1 factor. ``x`` is a hook point that sees each stride
+    group of ReLU(x) after the mask, before dropout (x·δx is the same before and after the ReLU).
+    :meth:`forward` is the per-op reference path; the compact cell's other paths use the
+    parameters directly (see :class:`_NasnetCell`). Output: (N, C, H_out, W_out).
     """
 
     def __init__(
         self,
-        reads: Sequence[tuple[int, Sequence[_Piece]]],
+        plan: OpPlan,
         state_sizes: Sequence[int],
         width: int,
         dropout: float,
@@ -203,19 +198,16 @@ class _SepConv(nn.Module):
         alive: bool,
     ) -> None:
         super().__init__()
-        self.gathers = nn.ModuleList(_Gather(p, state_sizes) for _, p in reads)
-        self.strides = tuple(s for s, _ in reads)
-        self.reads = [(s, list(p)) for s, p in reads]  # for the cell's fused inference path
-        self.state_sizes = list(state_sizes)
-        n = sum(g.channels for g in self.gathers)
+        self.gathers = nn.ModuleList(_Gather(_pieces(p, width), state_sizes) for p in plan.parts)
+        self.strides = tuple(p.stride for p in plan.parts)
+        self._spans = [p.columns for p in plan.parts]
+        n = plan.channels
         self.x = _Tap()
         self.dw = nn.Conv2d(n, n, 3, padding=1, groups=n, bias=False)
         self.pw = nn.Conv2d(n, width, 1, bias=False)
         self.bn = nn.BatchNorm2d(width, affine=False)
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.masked = mask is not None
-        offsets = np.cumsum([0] + [g.channels for g in self.gathers])
-        self._spans = [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
         if mask is not None:
             for i, (a, b) in enumerate(self._spans):
                 m = torch.tensor(mask[a:b], dtype=torch.float32).view(1, -1, 1, 1)
@@ -237,60 +229,99 @@ class _SepConv(nn.Module):
 
 
 class _NasnetCell(nn.Module):
-    """One NASNet cell: (a, b) -> c = concat of the computed z (live ones in compact mode)."""
+    """One NASNet cell: (a, b) -> c = concat of the computed z (live ones in compact mode).
+
+    The cell runs its execution plan (:mod:`cnas_ir.passes.plan`) on one of three paths, the same
+    function on each:
+
+    - *fused* (compact, eval, autograd off): :class:`_FusedCell`, the ops of a node merged with
+      their BNs folded;
+    - *buffered* (compact, autograd on: training and saliency): :func:`.buffered.run_cell`, the
+      states in buffers, one gather per op and stride, the gradients moved by the plan;
+    - *per op* (masked mode, the reference semantics; under ``torch.compile``, which traces plain
+      tensor code; or when a hook waits on the preprocessing modules, which the other paths do
+      not call): each op gathers its pieces from separate state tensors.
+    """
 
     def __init__(
-        self,
-        d_a: nn.Module,
-        d_b: nn.Module,
-        nodes: Sequence[tuple[bool, bool, dict[str, _SepConv]]],
-        width: int,
-        reduction: bool,
+        self, plan: CellPlan, d_a: nn.Module, d_b: nn.Module, ops: dict[int, dict[str, _SepConv]], masked: bool
     ) -> None:
         super().__init__()
+        self.plan = plan
         self.d_a = d_a
         self.d_b = d_b
-        # Per node: computed (z live, or every z in masked mode), ReLU'd for later readers, ops.
-        self._nodes: list[tuple[bool, bool, list[str]]] = []
-        for k, (computed, read_later, ops) in enumerate(nodes, 1):
-            if ops:
-                self.add_module(f"node{k}", nn.ModuleDict(ops))
-            self._nodes.append((computed, read_later, list(ops)))
-        self.width = width
-        self.reduction = reduction
-        # Compact mode: the inference plan (eval, no autograd) -- see _FusedCell.
-        masked = any(op.masked for _, _, ops in nodes for op in ops.values())
-        self._fused = None if masked else _FusedCell(nodes, reduction, width)
+        for k, node_ops in ops.items():
+            if node_ops:
+                self.add_module(f"node{k}", nn.ModuleDict(node_ops))
+        self.width = plan.width
+        self.reduction = plan.reduction
+        self.masked = masked
+        self._fused = None if masked else _FusedCell(plan)
+        self.pool = Pool()  # the buffered path's buffers; the network gives its cells one pool
+        self._watched: list[nn.Module] | None = None
+        # Index tensors of the plan's reads per device (not buffers: they are not state, and a
+        # module moved with .to() finds them on its new device by this key).
+        self._indices: dict[torch.device, list[list[Tensor | None]]] = {}
+
+    def plan_indices(self, device: torch.device) -> list[list[Tensor | None]]:
+        """Per node, its distinct reads' indices on ``device`` (None for a run: a view)."""
+        found = self._indices.get(device)
+        if found is None:
+            found = [
+                [None if r.run else torch.as_tensor(r.index, device=device) for r in node.reads]
+                for node in self.plan.nodes
+            ]
+            self._indices[device] = found
+        return found
+
+    def _preprocessing_hooked(self) -> bool:
+        if self._watched is None:
+            self._watched = [*self.d_a.modules(), *self.d_b.modules()]
+        return any(_hooked(m) for m in self._watched)
 
     def fusable(self) -> bool:
         """Whether this call can take the fused inference path (compact, eval, autograd off)."""
         return (
-            self._fused is not None and not self.training and not torch.is_grad_enabled() and self._fused.usable(self)
+            self._fused is not None
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not self._preprocessing_hooked()
         )
+
+    def bufferable(self) -> bool:
+        """Whether this call can take the buffered path (compact, not compiling, no hook on the
+        preprocessing)."""
+        return not self.masked and not torch.compiler.is_compiling() and not self._preprocessing_hooked()
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         if self.fusable():
             assert self._fused is not None
             return self._fused.run(self, F.relu(a), F.relu(b), relu_out=False)[0]
+        if self.bufferable():
+            return run_cell(self, F.relu(a), F.relu(b), relu_out=False)
+        return self.per_op(a, b)
+
+    def per_op(self, a: Tensor, b: Tensor) -> Tensor:
+        """The per-op path on the raw inputs: the raw cell output."""
         d = torch.cat([self.d_a(a), self.d_b(b)], 1)
         # State 0 is ReLU(d_a | d_b), state k is ReLU(z_k): each computed once for all readers.
         states: list[Tensor | None] = [F.relu(d)]
         cache: _Cache = {}
         zs: list[Tensor] = []
-        for k, (computed, read_later, op_names) in enumerate(self._nodes, 1):
-            if not computed:
+        for node in self.plan.nodes:
+            if not node.computed:
                 states.append(None)
                 continue
             z: Tensor | None = None
-            if op_names:
-                node = getattr(self, f"node{k}")
-                for name in op_names:
-                    y = node[name](states, cache)
+            if node.ops:
+                modules = getattr(self, f"node{node.k}")
+                for op in node.ops:
+                    y = modules[f"op{op.j}"](states, cache)
                     z = y if z is None else z + y
             if z is None:  # a live z whose ops are all dead is zero
                 z = self._zeros(d, self.width)
             zs.append(z)
-            states.append(F.relu(z) if read_later else None)
+            states.append(F.relu(z) if node.read_later else None)
         if not zs:
             return self._zeros(d, 0)
         return zs[0] if len(zs) == 1 else torch.cat(zs, 1)
@@ -342,32 +373,23 @@ def _version(t: Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
-def _hooked(m: nn.Module) -> bool:
-    """Whether calling ``m`` can run a forward hook (its own or a global one)."""
-    g = _torch_module
-    return bool(m._forward_hooks or m._forward_pre_hooks or g._global_forward_hooks or g._global_forward_pre_hooks)
-
-
 class _FusedCell:
     """A compact NASNet cell for inference: the same function, fewer and larger kernels.
 
     :meth:`run` takes the cell's inputs already ReLU'd (every reader of a cell output, the next
     cells' preprocessing, starts with a ReLU; the network applies it once, where the output is
     made) and returns the cell output ReLU'd (``relu_out``, for the next cells) or raw (for the
-    head, or for a cell called on its own):
+    head, or for a cell called on its own). It translates the cell's plan:
 
     - the preprocessing convs run with their BN folded in (bias = BN shift) and write
       ``relu(d_a)``, ``relu(d_b)`` straight into the state buffer (no BN pass, no concat of d);
       those that read the same tensor run as one conv (see :meth:`run`);
-    - the ReLU'd states are written (by ``clamp_min(out=)``) into one buffer per resolution,
-      ``[relu(d) | relu(z_1) | ...]`` (a reduction cell's d has its own: it is at the input
-      resolution), so a node's inputs of one stride are ONE gather from one buffer -- a view
-      when the channels are a contiguous run -- instead of one index_select per piece per op
-      plus a concat; the z of every computed node is there, in order, so a ReLU'd output is
-      the z part of that buffer;
-    - a node's J ops run as one depthwise conv per stride group over the concatenation of
-      their inputs and one pointwise conv whose columns are the ops' PW columns with each op's
-      BN folded in, bias = the sum of the BN shifts (the ONNX backend's merge, in eager);
+    - the ReLU'd states are written (by ``clamp_min(out=)``) into the plan's buffers, so a node's
+      inputs of one stride are the plan's ONE merged read -- a view when the channels are a
+      contiguous run -- and a ReLU'd output is the plan's output range of a buffer;
+    - a node's J ops run as one depthwise conv per stride group over the merged read and one
+      pointwise conv whose columns are the ops' PW columns with each op's BN folded in, bias =
+      the sum of the BN shifts (the ONNX backend's merge, in eager);
     - each op's tap is still called on its own input (a view of the node's gather), in x order,
       once per stride group, so forward hooks see what the reference path gives them. A hook
       on the cell's preprocessing modules sends the cell down the per-op path instead.
@@ -376,46 +398,15 @@ class _FusedCell:
     in-place version), so training, ``load_graph_weights`` and ``.to()`` are all seen.
     """
 
-    def __init__(self, nodes: Sequence[tuple[bool, bool, dict[str, _SepConv]]], reduction: bool, width: int) -> None:
-        # Buffer slot of every state: state 0 (d = d_a | d_b) in buffer 0; the z of computed
-        # nodes, in order, in buffer 1 in a reduction cell, after d in buffer 0 in a normal one.
-        self.reduction = reduction
-        self.slot: dict[int, tuple[int, int, int]] = {0: (0, 0, 2 * width)}  # state -> (buffer, offset, size)
-        offsets = [2 * width, 0]
-        zbuf = 1 if reduction else 0
-        self.zs = (zbuf, offsets[zbuf])  # where the computed z start
-        for k, (computed, _, _) in enumerate(nodes, 1):
-            if computed:
-                self.slot[k] = (zbuf, offsets[zbuf], width)
-                offsets[zbuf] += width
-        self.buffer_sizes = offsets
-        # Per node: [(stride, buffer, index or range, [(op name, start, stop)])] per stride group.
-        self.plans: list[list[tuple[int, int, Tensor | tuple[int, int], list[tuple[str, int, int]]]]] = []
-        for _, _, ops in nodes:
-            groups: dict[int, tuple[list[np.ndarray], list[tuple[str, int, int]]]] = {}
-            for name, op in ops.items():
-                assert op.state_sizes == [2 * width] + [width] * len(nodes), "state sizes"
-                for stride, ps in op.reads:
-                    idx, spans = groups.setdefault(stride, ([], []))
-                    start = sum(i.size for i in idx)
-                    for st, p in ps:
-                        _, off, _ = self.slot[st]
-                        idx.append(p + off)
-                    spans.append((name, start, sum(i.size for i in idx)))
-            plan = []
-            for stride in sorted(groups, reverse=True):  # stride 2 (from d) first: x order
-                idx, spans = groups[stride]
-                index = np.concatenate(idx)
-                buf = 1 if (reduction and stride == 1) else 0
-                lo = int(index[0])
-                if np.array_equal(index, np.arange(lo, lo + index.size)):
-                    where: Tensor | tuple[int, int] = (lo, lo + index.size)
-                else:
-                    where = torch.as_tensor(index, dtype=torch.long)
-                plan.append((stride, buf, where, spans))
-            self.plans.append(plan)
-        # The plans' index tensors per device they have been used on: this object is not a
-        # module, so ``.to(device)`` does not move them.
+    def __init__(self, plan: CellPlan) -> None:
+        self.plan = plan
+        # Per node, per merged read: its index tensor or (start, stop) run.
+        self._wheres = [
+            [m.read.run if m.read.run else torch.as_tensor(m.read.index, dtype=torch.long) for m in node.merged]
+            for node in plan.nodes
+        ]
+        # The index tensors per device they have been used on: this object is not a module,
+        # so ``.to(device)`` does not move them.
         self._indices: dict[torch.device, list[list[Tensor | tuple[int, int]]]] = {}
         self._key: tuple[object, ...] | None = None
         self._weights: tuple[list[list[tuple[Tensor, Tensor]]], list[tuple[list[Tensor], Tensor, Tensor]]] = ([], [])
@@ -423,14 +414,7 @@ class _FusedCell:
         # by assignment is seen too. Walking cell.modules() per call cost 28 ms per forward of
         # the paper config, 13% of a batch-1 forward (measured).
         self._sources: list[tuple[dict[str, Tensor | None], str]] | None = None
-        self._watched: list[nn.Module] | None = None
         self._stack: tuple[list[Tensor], Tensor, Tensor] | None = None  # see _stacked
-
-    def usable(self, cell: _NasnetCell) -> bool:
-        """Whether no forward hook waits on a module :meth:`run` does not call (the preprocessing)."""
-        if self._watched is None:
-            self._watched = [*cell.d_a.modules(), *cell.d_b.modules()]
-        return not any(_hooked(m) for m in self._watched)
 
     def _folded(
         self, cell: _NasnetCell
@@ -459,24 +443,24 @@ class _FusedCell:
                 at += n
             pre.append(folded)
         out: list[tuple[list[Tensor], Tensor, Tensor]] = []
-        for k, plan in enumerate(self.plans, 1):
-            if not plan:
+        for node in self.plan.nodes:
+            if not node.merged:
                 out.append(([], torch.empty(0), torch.empty(0)))
                 continue
-            node = getattr(cell, f"node{k}")
-            dws, pws, bias = [], [], None
-            affine = {name: _bn_affine(node[name].bn) for name in node}
-            for stride, _, _, spans in plan:
+            modules = getattr(cell, f"node{node.k}")
+            ops: list[_SepConv] = [modules[f"op{op.j}"] for op in node.ops]
+            affine = [_bn_affine(m.bn) for m in ops]
+            dws, pws = [], []
+            for merged in node.merged:
                 parts = []
-                for name, _, _ in spans:
-                    op: _SepConv = node[name]
-                    a, b = op._spans[op.strides.index(stride)]
-                    parts.append(op.dw.weight[a:b])
-                    pws.append(op.pw.weight[:, a:b] * affine[name][0].view(-1, 1, 1, 1))
+                for o, q, _, _ in merged.spans:
+                    lo, hi = node.ops[o].parts[q].columns
+                    parts.append(ops[o].dw.weight[lo:hi])
+                    pws.append(ops[o].pw.weight[:, lo:hi] * affine[o][0].view(-1, 1, 1, 1))
                 dws.append(torch.cat(parts, 0).contiguous())
-            for scale_shift in affine.values():
-                bias = scale_shift[1] if bias is None else bias + scale_shift[1]
-            assert bias is not None
+            bias = affine[0][1]
+            for _, shift in affine[1:]:
+                bias = bias + shift
             out.append((dws, torch.cat(pws, 1).contiguous(), bias.contiguous()))
         self._key, self._weights = key, (pre, out)
         return self._weights
@@ -484,7 +468,7 @@ class _FusedCell:
     def _indices_on(self, device: torch.device) -> list[list[Tensor | tuple[int, int]]]:
         found = self._indices.get(device)
         if found is None:
-            found = [[w.to(device) if isinstance(w, Tensor) else w for _, _, w, _ in plan] for plan in self.plans]
+            found = [[w.to(device) if isinstance(w, Tensor) else w for w in node] for node in self._wheres]
             self._indices[device] = found
         return found
 
@@ -578,50 +562,51 @@ class _FusedCell:
         and is wider, which suits the vector units (two 1x1 convs 144 -> 36 at 32x32, batch 32:
         18 ms, stacked 144 -> 72: 14 ms, channels_last, measured).
         """
+        plan = self.plan
         pre, weights = self._folded(cell)
         indices = self._indices_on(b.device)
         n, _, h, w = b.shape
-        hz, wz = ((h + 1) // 2, (w + 1) // 2) if self.reduction else (h, w)
+        hz, wz = ((h + 1) // 2, (w + 1) // 2) if plan.reduction else (h, w)
         cl = b.is_contiguous(memory_format=torch.channels_last) and n * h * w > 1
         fmt = torch.channels_last if cl else torch.contiguous_format
         bufs: list[Tensor] = [
             torch.empty(n, size, hh, ww, dtype=b.dtype, device=b.device, memory_format=fmt)
-            for size, (hh, ww) in zip(self.buffer_sizes, ((h, w), (hz, wz)), strict=True)
+            for (size, _), (hh, ww) in zip(plan.buffers, ((h, w), (hz, wz)), strict=False)
         ]
         handoff = self._preprocess(pre, a, b, bufs[0], d_a, next_cell)
         zs: list[Tensor] = []
-        for k, ((computed, read_later, _), plan, (dws, pw, bias), wheres) in enumerate(
-            zip(cell._nodes, self.plans, weights, indices, strict=True), 1
-        ):
-            if not computed:
+        width = plan.width
+        for node, (dws, pw, bias), wheres in zip(plan.nodes, weights, indices, strict=True):
+            if not node.computed:
                 continue
-            buf, off, size = self.slot[k]
-            state = bufs[buf][:, off : off + size]
-            if not plan:  # a live z whose ops are all dead is zero
+            assert node.slot is not None
+            buf, off = node.slot
+            state = bufs[buf][:, off : off + width]
+            if not node.merged:  # a live z whose ops are all dead is zero
                 state.zero_()
                 if not relu_out:
-                    zs.append(cell._zeros(b, cell.width))
+                    zs.append(cell._zeros(b, width))
                 continue
-            node = getattr(cell, f"node{k}")
+            modules = getattr(cell, f"node{node.k}")
             outs = []
-            for (stride, buf, _, spans), dw, where in zip(plan, dws, wheres, strict=True):
-                x = _gather_rows(bufs[buf], where)
-                for name, lo, hi in spans:
-                    tap = node[name].x
+            for merged, dw, where in zip(node.merged, dws, wheres, strict=True):
+                x = _gather_rows(bufs[merged.read.buffer], where)
+                for o, _, lo, hi in merged.spans:
+                    tap = modules[f"op{node.ops[o].j}"].x
                     if _hooked(tap):
                         tap(x[:, lo:hi])  # each op's tap on its own input
-                outs.append(F.conv2d(x, dw, stride=stride, padding=1, groups=dw.shape[0]))
+                outs.append(F.conv2d(x, dw, stride=merged.stride, padding=1, groups=dw.shape[0]))
             hcat = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
             z = F.conv2d(hcat, pw, bias)
-            if relu_out or read_later:
+            if relu_out or node.read_later:
                 torch.clamp_min(z, 0, out=state)
             if not relu_out:
                 zs.append(z)
         if relu_out:
-            zbuf, z0 = self.zs
-            c = bufs[zbuf][:, z0:]
-            # a view of the buffer unless it is all of it: one copy here, not one per reader
-            return (c if z0 == 0 else c.contiguous(memory_format=fmt)), handoff
+            i, lo, c = plan.output
+            out = bufs[i][:, lo : lo + c]
+            # a view of the buffer unless it is part of it: one copy here, not one per reader
+            return (out if c == bufs[i].shape[1] else out.contiguous(memory_format=fmt)), handoff
         if not zs:
             return cell._zeros(b, 0), handoff
         return (zs[0] if len(zs) == 1 else torch.cat(zs, 1)), handoff
@@ -768,17 +753,26 @@ class CnasModule(nn.Module):
                 s = cell(s)
             return self.head(s)
         cells = self._cells()
-        if all(c.fusable() and not _hooked(c) for c in cells):
-            # Fused inference: each cell's output goes to the next cells' preprocessing, which
-            # starts with a ReLU, so cells hand on ReLU'd outputs; only the head reads raw ones.
-            # A cell also runs the next one's d_a (a 1x1 conv of the same input as its d_b).
-            prev_prev = prev = F.relu(s)
-            d_a = None
-            for i, cell in enumerate(cells, 1):
-                after = cells[i] if i < len(cells) else None
-                out, d_a = cell._fused.run(cell, prev_prev, prev, relu_out=after is not None, d_a=d_a, next_cell=after)
-                prev_prev, prev = prev, out
-            return self.head(prev)
+        if not any(_hooked(c) for c in cells):
+            # Each cell's output goes to the next cells' preprocessing, which starts with a ReLU,
+            # so the fused and buffered paths hand on ReLU'd outputs; only the head reads raw ones.
+            if all(c.fusable() for c in cells):
+                # A cell also runs the next one's d_a (a 1x1 conv of the same input as its d_b).
+                prev_prev = prev = F.relu(s)
+                d_a = None
+                for i, cell in enumerate(cells, 1):
+                    after = cells[i] if i < len(cells) else None
+                    assert cell._fused is not None
+                    out, d_a = cell._fused.run(
+                        cell, prev_prev, prev, relu_out=after is not None, d_a=d_a, next_cell=after
+                    )
+                    prev_prev, prev = prev, out
+                return self.head(prev)
+            if all(c.bufferable() for c in cells):
+                prev_prev = prev = F.relu(s)
+                for i, cell in enumerate(cells, 1):
+                    prev_prev, prev = prev, run_cell(cell, prev_prev, prev, relu_out=i < len(cells))
+                return self.head(prev)
         prev_prev, prev = s, s
         for cell in cells:
             prev_prev, prev = prev, cell(prev_prev, prev)
@@ -919,18 +913,9 @@ def _init_value(name: str, shape: tuple[int, ...]) -> Tensor:
 # ---- lowering ---------------------------------------------------------------------------------
 
 
-def _op_live(g: Graph, op: Op, z: int) -> bool:
-    """An op computes something: a live x, its y live and its node's z live."""
-    return bool(
-        g.alive[g.group_slice(op.x)].any() and g.alive[g.group_slice(op.y)].all() and g.alive[g.group_slice(z)].all()
-    )
-
-
 def _state_map(g: Graph, cell: Cell) -> tuple[dict[int, tuple[int, int]], list[int]]:
-    """Group id -> (state, channel offset) for the states ops read; and the state sizes.
-
-    State 0 is d (NASNet: d_a then d_b); state k is z_k.
-    """
+    """Group id -> (state, channel offset) for the states a dense block's ops read; and the
+    state sizes. State 0 is d; state k is z_k."""
     smap: dict[int, tuple[int, int]] = {}
     offset = 0
     for d in cell.d:
@@ -944,7 +929,7 @@ def _state_map(g: Graph, cell: Cell) -> tuple[dict[int, tuple[int, int]], list[i
 
 
 def _op_pieces(g: Graph, op: Op, keep: np.ndarray, smap: dict[int, tuple[int, int]]) -> list[_Piece]:
-    """The kept x of ``op`` as (state, positions) pieces, in x order."""
+    """The kept x of a dense block's ``op`` as (state, positions) pieces, in x order."""
     sl = g.group_slice(op.x)
     xv = sl.start + np.flatnonzero(keep[sl])
     src = g.src[xv].astype(np.int64)
@@ -956,44 +941,35 @@ def _op_pieces(g: Graph, op: Op, keep: np.ndarray, smap: dict[int, tuple[int, in
         s, off = smap[int(grp)]
         state[sel] = s
         pos[sel] = src[sel] - int(g.start[grp]) + off
-    # x copies its sources in order (d_a, d_b, z_1, ...), so states never go back.
+    # x copies its sources in order (d, z_1, ...), so states never go back.
     assert np.all(np.diff(state) >= 0) and np.all(np.diff(pos)[np.diff(state) == 0] > 0), "x order"
     return [(int(s), pos[state == s]) for s in np.unique(state)]
 
 
-def _nasnet_cell(g: Graph, cell: Cell, keep: np.ndarray, masked: bool, dropout: float) -> _NasnetCell:
+def _nasnet_cell(g: Graph, cell: Cell, plan: CellPlan, keep: np.ndarray, masked: bool, dropout: float) -> _NasnetCell:
     a_grp, b_grp = cell.inputs
     width = cell.width
     n_a = int(keep[g.group_slice(a_grp)].sum())
     n_b = int(keep[g.group_slice(b_grp)].sum())
-    edge_a = _edge_into(g, cell.d[0])
-    d_a: nn.Module = _FactorizedReduce(n_a, width) if edge_a == Edge.FACTORIZED_REDUCE else _Preprocess(n_a, width)
+    d_a: nn.Module = _FactorizedReduce(n_a, width) if plan.factorized else _Preprocess(n_a, width)
     d_b = _Preprocess(n_b, width)
-    reduction = cell.kind == "reduction"
-    smap, sizes = _state_map(g, cell)
-    built: list[tuple[bool, dict[str, _SepConv]]] = []
-    read = np.zeros(len(cell.nodes) + 1, dtype=bool)  # which states some op reads
-    for node in cell.nodes:
-        computed = masked or bool(g.alive[g.group_slice(node.z)].all())
-        ops: dict[str, _SepConv] = {}
-        for op in node.ops:
-            live = _op_live(g, op, node.z)
-            if not (masked or live):
-                continue  # not in the compact module at all
-            pieces = _op_pieces(g, op, keep, smap)
-            reads: list[tuple[int, list[_Piece]]]
-            if reduction:  # d copies at the input size (stride 2), z copies already reduced
-                reads = [(2, [p for p in pieces if p[0] == 0]), (1, [p for p in pieces if p[0] != 0])]
-                reads = [r for r in reads if r[1]]
-            else:
-                reads = [(1, pieces)]
-            for s, _ in pieces:
-                read[s] = True
-            mask = g.alive[g.group_slice(op.x)] if masked else None
-            ops[f"op{op.j}"] = _SepConv(reads, sizes, width, dropout, mask, live)
-        built.append((computed, ops))
-    nodes = [(computed, bool(read[k]), ops) for k, (computed, ops) in enumerate(built, 1)]
-    return _NasnetCell(d_a, d_b, nodes, width, reduction)
+    # The per-op path's states: relu(d_a | d_b), then relu(z_k) (its channels, computed or not).
+    sizes = [2 * width] + [width] * len(cell.nodes)
+    ops: dict[int, dict[str, _SepConv]] = {}
+    for node, node_plan in zip(cell.nodes, plan.nodes, strict=True):
+        by_j = {op.j: op for op in node.ops}
+        ops[node.index] = {
+            f"op{op.j}": _SepConv(
+                op,
+                sizes,
+                width,
+                dropout,
+                g.alive[g.group_slice(op.x)] if masked else None,
+                op_computes(g, by_j[op.j], node.z),
+            )
+            for op in node_plan.ops
+        }
+    return _NasnetCell(plan, d_a, d_b, ops, masked)
 
 
 def _dense_block(g: Graph, cell: Cell, keep: np.ndarray, masked: bool, dropout: float) -> _DenseBlock:
@@ -1011,7 +987,7 @@ def _dense_block(g: Graph, cell: Cell, keep: np.ndarray, masked: bool, dropout: 
     for node in cell.nodes:
         computed = masked or bool(g.alive[g.group_slice(node.z)].all())
         (op,) = node.ops
-        live = _op_live(g, op, node.z)
+        live = op_computes(g, op, node.z)
         bottleneck = None
         if masked or live:
             pieces = _op_pieces(g, op, keep, smap)
@@ -1028,16 +1004,7 @@ def _edge_into(g: Graph, group: int) -> Edge:
 
 def _keep_mask(g: Graph, mode: Mode) -> np.ndarray:
     """bool[V]: vertices that exist as weight rows/columns in the module."""
-    if mode == "masked":
-        return np.ones(g.num_vertices, dtype=bool)
-    keep = g.alive.copy()
-    # The x of an op that computes nothing are not kept even when marked live (unfolded graph).
-    for cell in g.cells:
-        for node in cell.nodes:
-            for op in node.ops:
-                if not _op_live(g, op, node.z):
-                    keep[g.group_slice(op.x)] = False
-    return keep
+    return np.ones(g.num_vertices, dtype=bool) if mode == "masked" else compact_keep(g)
 
 
 def lower(graph: Graph, mode: Mode = "compact", *, weights: bool = True) -> CnasModule:
@@ -1082,8 +1049,12 @@ def _build(graph: Graph, mode: Mode, keep: np.ndarray) -> CnasModule:
     if spec.space == "nasnet":
         assert spec.nasnet is not None
         module.stem = _Stem(in_ch, stem_ch, bn=True)
-        for cell in graph.cells:
-            module.add_module(f"cell{cell.index}", _nasnet_cell(graph, cell, keep, masked, spec.nasnet.spatial_dropout))
+        plans = nasnet_plan(graph, keep)
+        pool = Pool()
+        for cell, plan in zip(graph.cells, plans, strict=True):
+            cell_module = _nasnet_cell(graph, cell, plan, keep, masked, spec.nasnet.spatial_dropout)
+            cell_module.pool = pool  # cells of one shape share buffers
+            module.add_module(f"cell{cell.index}", cell_module)
         module.head = _Head(n_last, classes, bn=False, mask=None)
     else:
         assert spec.densenet is not None

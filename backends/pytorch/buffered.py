@@ -1,0 +1,280 @@
+"""The training path of a compact NASNet cell: the plan's state buffers under autograd.
+
+A cell's ReLU'd states live side by side in one buffer per resolution, as the execution plan lays
+them out (:mod:`cnas_ir.passes.plan`), stored as an (N*H*W, channels) matrix: the channels_last
+order, in which a channel gather is a gather along rows. Every op reads its live x from the buffer
+in one gather per stride, and ``relu(z_k)`` is written into its slot once. Autograd cannot follow
+writes into a shared buffer at this cost (``index_select`` over a buffer gives each reader a
+buffer-sized gradient, and each in-place write clones it), so three autograd Functions move the
+gradients themselves, through one gradient buffer per state buffer:
+
+- :class:`_Write` clamps ``z`` into its slot and returns a *token*, an empty tensor that stands
+  for the state in the autograd graph; its backward reads the slot's gradient from the gradient
+  buffer and applies the ReLU's mask;
+- :class:`_Read` gathers the x of every op of a node (one output per op and stride); its backward
+  scatter-adds their gradients into the gradient buffer and returns nothing for the tokens;
+- :class:`_Output` returns the ReLU'd cell output (the z slots) for the next cells; its backward
+  adds the output's gradient into the gradient buffer.
+
+Order: every read takes the tokens of all the states written before it, and the output takes
+them all, so autograd runs the backward of a write only after every reader that could have read
+its slot (a token's producer waits for all its consumers): the slot's gradient is complete
+when the write reads it. The gradient buffer is zeroed by the first backward that needs it.
+
+Forward and backward move each live x once (gather, scatter-add) plus the cell output once
+(copy, add) and the ReLU'd states once (write, masked read); a per-op path on separate state
+tensors adds a concatenation per op and a state-sized zero, scatter and add per (op, state) pair.
+``cnas-ir train`` runs it in channels_last, which suits the convolutions (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+from torch.nn.modules import module as _torch_module
+
+from cnas_ir.passes.plan import CellPlan, Read
+
+__all__ = ["Pool", "conv1x1", "hooked", "run_cell", "shifted"]
+
+
+def hooked(m: torch.nn.Module) -> bool:
+    """Whether calling ``m`` can run a forward hook (its own or a global one)."""
+    g = _torch_module
+    return bool(m._forward_hooks or m._forward_pre_hooks or g._global_forward_hooks or g._global_forward_pre_hooks)
+
+
+def conv1x1(conv: torch.nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a 1x1 conv (no padding), also when every input column was pruned.
+
+    PyTorch returns 0 channels for a conv over 0 input channels; the sum over no inputs is 0.
+    """
+    if x.shape[1]:
+        return conv(x)
+    (s, _) = conv.stride
+    n, _, h, w = x.shape
+    # "+ 0 * sum(weight)" keeps the (empty) weight in the autograd graph, so DDP sees it used.
+    return x.new_zeros(n, conv.out_channels, (h - 1) // s + 1, (w - 1) // s + 1) + 0 * conv.weight.sum()
+
+
+def shifted(h: Tensor) -> Tensor:
+    """``h`` shifted up and left by one pixel, zero-filled: what conv2 of a factorized reduce reads."""
+    return F.pad(h, (0, 1, 0, 1))[:, :, 1:, 1:]
+
+
+def _rows(t: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N*H*W, C): a view when ``t`` is channels_last, else a copy."""
+    n, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(n * h * w, c)
+
+
+def _image(rows: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """(N*H*W, C) -> (N, C, H, W) channels_last view; ``shape`` = (N, H, W)."""
+    n, h, w = shape
+    return rows.view(n, h, w, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+class Pool:
+    """Free buffers by (shape, dtype, device), reused across forward calls.
+
+    A fresh buffer above glibc's mmap threshold (up to 32 MiB) is new memory every time, and the
+    first write to each page faults: zeroing a cell's gradient buffer of the paper config
+    (32,768 x 252 floats) took 50 ms fresh and 1 ms reused (measured), 13% of a training step in
+    all. At most ``per_key`` buffers of one key are kept. Not state: a copy of a module starts
+    with an empty pool.
+    """
+
+    def __init__(self, per_key: int = 2) -> None:
+        self.per_key = per_key
+        self._free: dict[tuple[object, ...], list[Tensor]] = {}
+
+    def take(self, shape: tuple[int, int], like: Tensor) -> Tensor:
+        free = self._free.get((shape, like.dtype, like.device))
+        return free.pop() if free else like.new_empty(shape)
+
+    def give(self, t: Tensor) -> None:
+        free = self._free.setdefault((tuple(t.shape), t.dtype, t.device), [])
+        if len(free) < self.per_key:
+            free.append(t)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Pool:
+        return Pool(self.per_key)
+
+
+class _Store:
+    """One forward call's state buffers (N*H*W, channels) and their gradient buffers.
+
+    The state buffers go back to the pool when the store dies (with the autograd graph that
+    holds it: nothing outside the store sees them, see :class:`_Output`); the gradient buffers
+    when the cell's backward is done (:meth:`done`), so cells of one shape share one.
+    """
+
+    def __init__(self, pool: Pool, shapes: list[tuple[int, int, int]], channels: list[int], like: Tensor) -> None:
+        self.pool = pool
+        self.shapes = shapes
+        self.buffers = [pool.take((n * h * w, c), like) for (n, h, w), c in zip(shapes, channels, strict=True)]
+        self.grads: list[Tensor | None] = [None] * len(self.buffers)
+        self._pending = 2  # the writes of d_a and d_b: the last backward of the cell
+
+    def grad(self, i: int) -> Tensor:
+        g = self.grads[i]
+        if g is None:
+            g = self.grads[i] = self.pool.take(tuple(self.buffers[i].shape), self.buffers[i]).zero_()
+        return g
+
+    def done(self) -> None:
+        """One of the d writes' backward ran; after both, the gradient buffers are free."""
+        self._pending -= 1
+        if self._pending == 0:
+            for g in self.grads:
+                if g is not None:
+                    self.pool.give(g)
+            self.grads = [None] * len(self.buffers)
+            self._pending = 2  # a retained graph may run backward again
+
+    def __del__(self) -> None:
+        for b in getattr(self, "buffers", ()):
+            self.pool.give(b)
+
+
+class _Write(Function):
+    """``relu(z)`` into columns ``[lo, lo + C)`` of buffer ``i``; returns the state's token."""
+
+    @staticmethod
+    def forward(ctx: Any, store: _Store, i: int, lo: int, z: Tensor, last: bool) -> Tensor:  # type: ignore[override]
+        n, c, h, w = z.shape
+        slot = store.buffers[i][:, lo : lo + c]
+        torch.clamp_min(z.permute(0, 2, 3, 1), 0, out=slot.view(n, h, w, c))
+        ctx.store, ctx.i, ctx.lo, ctx.c, ctx.shape, ctx.last = store, i, lo, c, (n, h, w), last
+        return z.new_empty(0)
+
+    @staticmethod
+    def backward(ctx: Any, _token: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        store: _Store = ctx.store
+        g = store.grads[ctx.i]
+        dz = None
+        if g is not None:  # else nothing read the buffer
+            sl = slice(ctx.lo, ctx.lo + ctx.c)
+            dz = _image(torch.ops.aten.threshold_backward(g[:, sl], store.buffers[ctx.i][:, sl], 0), ctx.shape)
+        if ctx.last:
+            store.done()
+        return None, None, None, dz, None
+
+
+class _Read(Function):
+    """The channels of ``reads`` [(buffer, Read, index tensor or None)], one output each."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, store: _Store, reads: list[tuple[Read, Tensor | None]], *tokens: Tensor
+    ) -> tuple[Tensor, ...]:  # type: ignore[override]
+        outs = []
+        for read, index in reads:
+            buf = store.buffers[read.buffer]
+            if index is None:
+                assert read.run is not None
+                x = buf[:, read.run[0] : read.run[1]].contiguous()
+            else:
+                x = buf.gather(1, index.view(1, -1).expand(buf.shape[0], -1))
+            outs.append(_image(x, store.shapes[read.buffer]))
+        ctx.store, ctx.reads, ctx.tokens = store, reads, len(tokens)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *dxs: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        store: _Store = ctx.store
+        for (read, index), dx in zip(ctx.reads, dxs, strict=True):
+            if dx is None:
+                continue
+            g = store.grad(read.buffer)
+            if index is None:
+                assert read.run is not None
+                g[:, read.run[0] : read.run[1]] += _rows(dx)
+            else:
+                g.scatter_add_(1, index.view(1, -1).expand(g.shape[0], -1), _rows(dx))
+        return (None, None) + (None,) * ctx.tokens
+
+
+class _Output(Function):
+    """Columns ``[lo, lo + c)`` of buffer ``i``: the ReLU'd cell output."""
+
+    @staticmethod
+    def forward(ctx: Any, store: _Store, i: int, lo: int, c: int, *tokens: Tensor) -> Tensor:  # type: ignore[override]
+        # A copy: the buffer goes back to the pool, a view of it could be overwritten.
+        out = store.buffers[i][:, lo : lo + c].contiguous()
+        ctx.store, ctx.i, ctx.lo, ctx.c, ctx.tokens = store, i, lo, c, len(tokens)
+        return _image(out, store.shapes[i])
+
+    @staticmethod
+    def backward(ctx: Any, dc: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        store: _Store = ctx.store
+        store.grad(ctx.i)[:, ctx.lo : ctx.lo + ctx.c] += _rows(dc)
+        return (None, None, None, None) + (None,) * ctx.tokens
+
+
+def _preprocess(d: Any, x: Tensor) -> Tensor:
+    """BN(conv(x)) of a preprocessing module on its ReLU'd input (a factorized reduce: two convs)."""
+    if hasattr(d, "conv1"):
+        return d.bn(torch.cat([conv1x1(d.conv1, x), conv1x1(d.conv2, shifted(x))], 1))
+    return d.bn(conv1x1(d.conv, x))
+
+
+def run_cell(cell: Any, a: Tensor, b: Tensor, relu_out: bool) -> Tensor:
+    """A compact NASNet cell (``cell.plan``, its modules) on ReLU'd inputs ``a``, ``b``.
+
+    Returns the cell output ReLU'd (``relu_out``, what the next cells read) or raw (the head,
+    or a cell called on its own): (N, channels, H', W'), channels_last. Each op's tap is called
+    on its own input (one call per stride, in x order) when a hook waits on it.
+    """
+    plan: CellPlan = cell.plan
+    n, _, h, w = b.shape
+    shapes = [(n, h, w)] + ([(n, (h + 1) // 2, (w + 1) // 2)] if plan.reduction else [])
+    store = _Store(cell.pool, shapes, [channels for channels, _ in plan.buffers], b)
+    width = plan.width
+    tokens = [
+        _Write.apply(store, 0, 0, _preprocess(cell.d_a, a), True),
+        _Write.apply(store, 0, width, _preprocess(cell.d_b, b), True),
+    ]
+    zs: list[Tensor] = []
+    indices = cell.plan_indices(b.device)
+    zshape = shapes[-1]
+    for node, node_indices in zip(plan.nodes, indices, strict=True):
+        if not node.computed:
+            continue
+        assert node.slot is not None
+        buf, off = node.slot
+        if not node.ops:  # a live z whose ops are all dead is zero
+            store.buffers[buf][:, off : off + width].zero_()
+            if not relu_out:
+                zs.append(b.new_zeros(zshape[0], width, zshape[1], zshape[2]))
+            continue
+        modules = getattr(cell, f"node{node.k}")
+        xs = _Read.apply(store, list(zip(node.reads, node_indices, strict=True)), *tokens)
+        z: Tensor | None = None
+        for op, ids in zip(node.ops, node.part_reads, strict=True):
+            m = modules[f"op{op.j}"]
+            hs = []
+            for part, r in zip(op.parts, ids, strict=True):
+                x = xs[r]
+                if hooked(m.x):
+                    x = m.x(x)
+                x = m.drop(x)
+                lo, hi = part.columns
+                hs.append(F.conv2d(x, m.dw.weight[lo:hi], stride=part.stride, padding=1, groups=hi - lo))
+            y = m.bn(m.pw(hs[0] if len(hs) == 1 else torch.cat(hs, 1)))
+            z = y if z is None else z + y
+        assert z is not None
+        if node.read_later or relu_out:
+            tokens.append(_Write.apply(store, buf, off, z, False))
+        if not relu_out:
+            zs.append(z)
+    if relu_out:
+        i, lo, c = plan.output
+        return _Output.apply(store, i, lo, c, *tokens)
+    if not zs:
+        return b.new_zeros(zshape[0], 0, zshape[1], zshape[2])
+    return zs[0] if len(zs) == 1 else torch.cat(zs, 1)
