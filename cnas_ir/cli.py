@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,22 @@ def _load_data(graph: Any, data: str | None) -> Any:
 
 _NPROC_HELP = "Run on N processes of this node: relaunches the command under torchrun (one per GPU; gloo on CPU)."
 _AMP_HELP = "Mixed precision: bf16 runs forward passes under autocast (weights, optimizer and saliency stay float32)."
-_CHANNELS_LAST_HELP = "Keep weights and batches in channels-last (NHWC) layout, as tensor cores prefer."
+_LAYOUT_HELP = (
+    "Memory layout of weights and batches. channels-last (NHWC) is faster here for every search space, "
+    "on CPU as with tensor cores (BENCHMARKS.md)."
+)
+
+
+def _layout_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--layout``; the flag ``--channels-last`` of earlier releases is still taken (the default now)."""
+    f = click.option("--channels-last", "old_channels_last", is_flag=True, hidden=True)(f)
+    return click.option(
+        "--layout",
+        type=click.Choice(["channels-last", "nchw"]),
+        default="channels-last",
+        show_default=True,
+        help=_LAYOUT_HELP,
+    )(f)
 
 
 class _LaunchInterrupted(CnasError):
@@ -259,11 +274,18 @@ def _prelaunch_checks(ctx: Context, artifact: str | None, data: str | None, out:
 @click.option("--resume", is_flag=True, help="Continue the interrupted run from its last checkpoint.")
 @click.option("--nproc", type=click.IntRange(min=1), metavar="N", help=_NPROC_HELP)
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", show_default=True, help=_AMP_HELP)
-@click.option("--channels-last", is_flag=True, help=_CHANNELS_LAST_HELP)
+@_layout_option
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="Run the training step under torch.compile (minutes of compilation first; BENCHMARKS.md: when it pays).",
+)
 @pass_ctx
 def train(
     ctx: Context, artifact: str | None, epochs: int | None, data: str | None, reinit: bool, device: str,
-    out: str | None, resume: bool, nproc: int | None, amp: str, channels_last: bool,
+    out: str | None, resume: bool, nproc: int | None, amp: str, layout: str, old_channels_last: bool,
+    compile_: bool,
 ) -> None:  # fmt: skip
     """Train ARTIFACT's network with the spec's recipe (SGD, Nesterov, cosine warm restarts).
 
@@ -275,6 +297,8 @@ def train(
     import time
 
     from cnas_ir.backends.pytorch.train import train as train_graph
+
+    layout = "channels-last" if old_channels_last else layout
 
     if nproc is not None and nproc > 1:
         _prelaunch_checks(ctx, artifact, data, out)
@@ -288,7 +312,7 @@ def train(
         # Ctrl-C raises TrainInterrupted (exit 130) with a one-line message on how to resume.
         trained = train_graph(
             graph, epochs=epochs, data=splits, device=device, run=ctx.run, resume=resume, reinit=reinit, amp=amp,
-            channels_last=channels_last,
+            channels_last=layout == "channels-last", compile=compile_,
         )  # fmt: skip
     if not rank0:
         return  # rank 0 writes the artifact
@@ -359,12 +383,12 @@ def evaluate(ctx: Context, artifact: str | None, data: str | None, split: str, d
 @click.option("--json", "as_json", is_flag=True, help="Print the stats of the pruned graph as JSON on stdout.")
 @click.option("--nproc", type=click.IntRange(min=1), metavar="N", help=_NPROC_HELP)
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", show_default=True, help=_AMP_HELP)
-@click.option("--channels-last", is_flag=True, help=_CHANNELS_LAST_HELP)
+@_layout_option
 @pass_ctx
 def prune(
     ctx: Context, artifact: str | None, rho: float | None, gamma: float | None, criterion: str | None, seed: int,
     finetune_epochs: int | None, saliency_batches: int | None, data: str | None, device: str, out: str | None,
-    as_json: bool, nproc: int | None, amp: str, channels_last: bool,
+    as_json: bool, nproc: int | None, amp: str, layout: str, old_channels_last: bool,
 ) -> None:  # fmt: skip
     """Search: prune ARTIFACT's x vertices, least salient first, until the cells fit rho.
 
@@ -378,6 +402,8 @@ def prune(
     """
     from cnas_ir.backends.pytorch.search import SearchSettings, search
     from cnas_ir.passes.stats import compute_stats
+
+    layout = "channels-last" if old_channels_last else layout
 
     if nproc is not None and nproc > 1:
         _prelaunch_checks(ctx, artifact, data, out)
@@ -395,7 +421,7 @@ def prune(
         saliency_batches=s.saliency_batches if saliency_batches is None else saliency_batches,
         device=device,
         amp=amp,
-        channels_last=channels_last,
+        channels_last=layout == "channels-last",
     )
     splits = _load_data(graph, data) if data is not None else None
     with _process_group(device) as rank0:

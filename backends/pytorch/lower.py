@@ -238,9 +238,10 @@ class _NasnetCell(nn.Module):
       their BNs folded;
     - *buffered* (compact, autograd on: training and saliency): :func:`.buffered.run_cell`, the
       states in buffers, one gather per op and stride, the gradients moved by the plan;
-    - *per op* (masked mode, the reference semantics; under ``torch.compile``, which traces plain
-      tensor code; or when a hook waits on the preprocessing modules, which the other paths do
-      not call): each op gathers its pieces from separate state tensors.
+    - *per op* (masked mode, the reference semantics; under ``torch.compile``, which traces it as
+      plain tensor code -- the other paths keep eager state, autograd Functions and weight caches;
+      or when a hook waits on the preprocessing modules, which the other paths do not call): each
+      op gathers its pieces from separate state tensors.
     """
 
     def __init__(
@@ -285,6 +286,7 @@ class _NasnetCell(nn.Module):
             self._fused is not None
             and not self.training
             and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()  # its cache of folded weights is eager state
             and not self._preprocessing_hooked()
         )
 

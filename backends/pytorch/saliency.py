@@ -136,7 +136,7 @@ def raw_taylor_scores(
     device: str = "auto",
     seed: int = 0,
     amp: str = "off",
-    channels_last: bool = False,
+    channels_last: bool = True,
 ) -> np.ndarray:
     """float32[V]: the accumulated ``|mean_hw(x * dL/dx)|`` of every live x vertex of the folded
     graph (NaN elsewhere), before normalisation, over the first ``batches`` minibatches of a
@@ -177,7 +177,7 @@ def taylor_saliency(
     device: str = "auto",
     seed: int = 0,
     amp: str = "off",
-    channels_last: bool = False,
+    channels_last: bool = True,
 ) -> Graph:
     """``graph`` (folded) with the L2-normalised Taylor saliency of every live x vertex."""
     if not graph.weights:

@@ -45,7 +45,7 @@ class SearchSettings:
     saliency_batches: int = 100
     device: str = "auto"
     amp: str = "off"  # off | bf16: autocast for training, fine-tuning and saliency
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC weights and batches: the faster layout here (BENCHMARKS.md)
 
 
 def search(

@@ -39,8 +39,9 @@ a second one and stop at once; the last epoch's checkpoint is whole and ``--resu
 
 Precision and layout: ``amp="bf16"`` runs forward and loss under ``torch.autocast`` with
 bfloat16 (CUDA or CPU; no loss scaling is needed for bf16), weights and optimizer stay float32;
-``channels_last=True`` stores the module's 4-D weights and the batches in NHWC order, which
-tensor-core convolutions prefer.
+``channels_last=True`` (the default) stores the module's 4-D weights and the batches in NHWC
+order: the order of the compact NASNet's state buffers (``buffered.py``), faster on CPU for the
+DenseNet-BC space too (BENCHMARKS.md), and what tensor-core convolutions prefer; False keeps NCHW.
 """
 
 from __future__ import annotations
@@ -446,7 +447,8 @@ def train(
     threads: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
     amp: str = "off",
-    channels_last: bool = False,
+    channels_last: bool = True,
+    compile: bool = False,
 ) -> Graph:
     """Train ``graph``'s compact network with the recipe of ``graph.spec.train``; return the
     graph holding the trained weights, with a ``train`` event appended to its history.
@@ -459,7 +461,9 @@ def train(
     ``run.checkpoints``; ``resume=True`` continues from it. ``threads``: CPU intra-op threads
     (default: one for small inputs, else torch's default). ``on_step(epoch, iteration)`` is
     called after every optimizer step (0-based; for progress hooks and tests). ``amp``: "off"
-    or "bf16" (autocast); ``channels_last``: NHWC weights and batches.
+    or "bf16" (autocast); ``channels_last``: NHWC weights and batches (default), else NCHW.
+    ``compile``: the training step's module under ``torch.compile`` (the per-op path, which
+    traces as plain tensor code; evaluation stays eager).
 
     In a process group of several ranks (torchrun), every rank must call it with the same
     arguments: it trains with DistributedDataParallel on each rank's shard of the data and
@@ -529,6 +533,8 @@ def train(
                 find_unused_parameters=bool(unused),
                 **no_buffer_sync,
             )
+        if compile:
+            net = torch.compile(net)
         # The spec's batch is global: each rank takes its share of every batch (module docstring).
         per_rank = -(-n // world)
         bs = max(1, min(recipe.batch_size, n) // world)
