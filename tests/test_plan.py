@@ -109,3 +109,27 @@ def test_masked_plan_keeps_every_op_and_node() -> None:
         for node, n in zip(cell.nodes, plan.nodes, strict=True):
             for op, op_plan in zip(node.ops, n.ops, strict=True):
                 assert op_plan.channels == int(g.size[op.x])
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_padded_reads_are_the_ops_reads_padded_with_their_first_channel(seed: int) -> None:
+    g = _closed(random_alive(nasnet_graph(channels=5, stacks=2, cells=1, nodes=3, ops=3), seed))
+    merged = 0
+    for plan in nasnet_plan(g, g.alive):
+        bufs = _coded_buffers(plan)
+        for node in plan.nodes:
+            one_stride = bool(node.ops) and all(len(op.parts) == 1 for op in node.ops)
+            one_stride = one_stride and len({op.parts[0].stride for op in node.ops}) == 1
+            shared = len(node.ops) > 1 and len(node.reads) == 1
+            assert (node.padded is not None) == (node.computed and one_stride and not shared)
+            if node.padded is None:
+                continue
+            merged += 1
+            p = node.padded
+            assert p.width == max(op.channels for op in node.ops)
+            got = bufs[p.read.buffer][p.read.index].reshape(len(node.ops), p.width)
+            for row, op in zip(got, node.ops, strict=True):
+                want = bufs[op.parts[0].read.buffer][op.parts[0].read.index]
+                np.testing.assert_array_equal(row[: want.size], want)
+                assert (row[want.size :] == want[0]).all()
+    assert merged

@@ -185,3 +185,40 @@ def test_reduction_cell_matches_mask_gradient_reference():
         want = torch.cat([ref[(name, i)] for i in range(2) if (name, i) in ref]).numpy()
         np.testing.assert_allclose(raw[g.group_slice(op.x)], want, rtol=1e-4, atol=1e-7)
     assert g.cell_by_index(2).kind == "reduction"
+
+
+def test_buffered_path_scores_and_prunes_like_the_per_op_path(monkeypatch):
+    # Saliency runs the buffered path (autograd on, channels_last). Against the per-op path in
+    # NCHW it must agree to float32 rounding and make the same pruning decisions.
+    import importlib
+
+    from cnas_ir.passes.prune import prune_to_rho
+
+    lower_mod = importlib.import_module("cnas_ir.backends.pytorch.lower")
+    spec = {**ONE_CELL, "input": {"channels": 1, "size": 8},
+            "nasnet": {**ONE_CELL["nasnet"], "channels": 4, "stacks": 2, "nodes_per_cell": 3}}  # fmt: skip
+    g = _trained_like(spec, seed=3)
+    data = _data(n=12, seed=4)
+    data = Split(torch.nn.functional.interpolate(data.images, size=8), data.labels)
+
+    def scores(g_, per_op):
+        with monkeypatch.context() as mp:
+            if per_op:
+                mp.setattr(lower_mod._NasnetCell, "bufferable", lambda self: False)
+            return raw_taylor_scores(g_, data, batches=3, batch_size=4, device="cpu", channels_last=not per_op)
+
+    buffered, per_op = scores(g, False), scores(g, True)
+    live = ~np.isnan(per_op)
+    assert live.any() and np.array_equal(live, ~np.isnan(buffered))
+    np.testing.assert_allclose(buffered[live], per_op[live], rtol=1e-5, atol=1e-9)
+
+    def pruned(per_op):
+        def score(h):
+            return taylor_saliency(h, data, batches=3, batch_size=4, device="cpu", channels_last=not per_op)
+
+        with monkeypatch.context() as mp:
+            if per_op:
+                mp.setattr(lower_mod._NasnetCell, "bufferable", lambda self: False)
+            return prune_to_rho(g, 0.6, gamma=0.2, score=score, criterion="taylor")
+
+    assert np.array_equal(pruned(False).alive, pruned(True).alive)

@@ -158,3 +158,20 @@ def test_pool_reuses_buffers_across_steps() -> None:
     F.cross_entropy(m(x), target).backward()
     again = {id(t) for free in pool._free.values() for t in free}
     assert kept & again  # the second step took buffers from the pool and gave them back
+
+
+def test_ops_of_a_node_train_merged_unless_a_tap_is_hooked(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = calibrated(random_alive(nasnet_graph(), 11), 11)
+    m = lower(g, "compact").train()
+    x = torch.randn(4, 3, SIZE, SIZE)
+    calls = []
+    real = buffered._padded_node
+    monkeypatch.setattr(buffered, "_padded_node", lambda *a: calls.append(1) or real(*a))
+    m(x)
+    merged = len(calls)
+    assert merged == sum(n.padded is not None for c in m._cells() for n in c.plan.nodes) > 0
+    tap = next(mod for name, mod in m.named_modules() if name.endswith(".x"))
+    tap.register_forward_hook(lambda *_: None)
+    calls.clear()
+    m(x)
+    assert len(calls) == merged - 1  # that op's node runs op by op, its tap called

@@ -21,6 +21,12 @@ them all, so autograd runs the backward of a write only after every reader that 
 its slot (a token's producer waits for all its consumers): the slot's gradient is complete
 when the write reads it. The gradient buffer is zeroed by the first backward that needs it.
 
+A node whose ops each read at one stride, the same for all, runs them merged when nothing hooks
+them (:class:`~cnas_ir.passes.plan.PaddedRead`): one read of every op's copy, each padded to the
+widest with zero-weight channels, one depthwise conv, one pointwise conv with a group per op and
+one BatchNorm over all the ops' channels (each op's own batch statistics), then the sum over the
+ops; otherwise each op reads, convolves and normalises on its own.
+
 Forward and backward move each live x once (gather, scatter-add) plus the cell output once
 (copy, add) and the ReLU'd states once (write, masked read); a per-op path on separate state
 tensors adds a concatenation per op and a state-sized zero, scatter and add per (op, state) pair.
@@ -37,7 +43,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.nn.modules import module as _torch_module
 
-from cnas_ir.passes.plan import CellPlan, Read
+from cnas_ir.passes.plan import CellPlan, NodePlan, PaddedRead, Read
 
 __all__ = ["Pool", "conv1x1", "hooked", "run_cell", "shifted"]
 
@@ -92,12 +98,15 @@ class Pool:
         self.per_key = per_key
         self._free: dict[tuple[object, ...], list[Tensor]] = {}
 
-    def take(self, shape: tuple[int, int], like: Tensor) -> Tensor:
-        free = self._free.get((shape, like.dtype, like.device))
+    def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A contiguous buffer of ``shape`` with ``like``'s dtype and device."""
+        # An inference tensor (made under inference_mode) cannot be written outside it: its own key.
+        free = self._free.get((shape, like.dtype, like.device, torch.is_inference_mode_enabled()))
         return free.pop() if free else like.new_empty(shape)
 
     def give(self, t: Tensor) -> None:
-        free = self._free.setdefault((tuple(t.shape), t.dtype, t.device), [])
+        """Take back ``t`` (contiguous, from :meth:`take`); nothing may use it afterwards."""
+        free = self._free.setdefault((tuple(t.shape), t.dtype, t.device, t.is_inference()), [])
         if len(free) < self.per_key:
             free.append(t)
 
@@ -223,6 +232,80 @@ def _preprocess(d: Any, x: Tensor) -> Tensor:
     return d.bn(conv1x1(d.conv, x))
 
 
+def _per_op_node(
+    store: _Store, node: NodePlan, indices: list[Tensor | None], ops: list[Any], tokens: list[Tensor]
+) -> Tensor:
+    """z of a node whose ops run one by one: read(s), DW, PW and BN per op."""
+    xs = _Read.apply(store, list(zip(node.reads, indices, strict=True)), *tokens)
+    z: Tensor | None = None
+    for op, m, ids in zip(node.ops, ops, node.part_reads, strict=True):
+        hs = []
+        for part, r in zip(op.parts, ids, strict=True):
+            x = xs[r]
+            if hooked(m.x):
+                x = m.x(x)
+            x = m.drop(x)
+            lo, hi = part.columns
+            hs.append(F.conv2d(x, m.dw.weight[lo:hi], stride=part.stride, padding=1, groups=hi - lo))
+        y = m.bn(m.pw(hs[0] if len(hs) == 1 else torch.cat(hs, 1)))
+        z = y if z is None else z + y
+    assert z is not None
+    return z
+
+
+def _mergeable(ops: list[Any]) -> bool:
+    """Whether a node's ops may run merged: no hook waits on a module the merge does not call,
+    and their BatchNorms agree on everything but their statistics."""
+    if any(hooked(m) or hooked(m.x) or hooked(m.pw) or hooked(m.bn) for m in ops):
+        return False
+    bn = ops[0].bn
+    if any((m.bn.momentum, m.bn.eps, m.bn.training) != (bn.momentum, bn.eps, bn.training) for m in ops):
+        return False
+    # a cumulative average (momentum None) weighs by the number of batches each op has seen
+    return bn.momentum is not None or not bn.training or len({int(m.bn.num_batches_tracked) for m in ops}) == 1
+
+
+def _padded_node(
+    store: _Store, plan: PaddedRead, index: Tensor | None, ops: list[Any], tokens: list[Tensor], width: int
+) -> Tensor:
+    """z of a node whose ops run merged (:class:`~cnas_ir.passes.plan.PaddedRead`): one read,
+    one DW conv, one PW conv with a group per op, one BatchNorm, and the sum over the ops."""
+    (x,) = _Read.apply(store, [(plan.read, index)], *tokens)
+    x = ops[0].drop(x)  # every op's dropout has the spec's probability; a channel is a channel
+    n, j = plan.width, len(ops)
+    dw = torch.cat([F.pad(m.dw.weight, (0, 0, 0, 0, 0, 0, 0, n - m.dw.weight.shape[0])) for m in ops])
+    pw = torch.cat([F.pad(m.pw.weight, (0, 0, 0, 0, 0, n - m.pw.weight.shape[1])) for m in ops])
+    y = F.conv2d(F.conv2d(x, dw, stride=plan.stride, padding=1, groups=j * n), pw, groups=j)
+    y = _batch_norm([m.bn for m in ops], y)
+    if j == 1:
+        return y
+    nb, _, h, w = y.shape
+    return _image(_rows(y).view(-1, j, width).sum(1), (nb, h, w))
+
+
+def _batch_norm(bns: list[torch.nn.BatchNorm2d], y: Tensor) -> Tensor:
+    """BatchNorm of ``y``, whose channels are those of ``bns`` in order: what each module does
+    to its own channels (batch statistics in training, running ones in eval; the running
+    statistics and batch counters updated)."""
+    bn = bns[0]
+    assert bn.running_mean is not None and bn.running_var is not None
+    mean = torch.cat([b.running_mean for b in bns])
+    var = torch.cat([b.running_var for b in bns])
+    factor = 0.0
+    if bn.training:
+        for b in bns:
+            b.num_batches_tracked.add_(1)
+        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    out = F.batch_norm(y, mean, var, None, None, bn.training, factor, bn.eps)
+    if bn.training:
+        c = bn.num_features
+        with torch.no_grad():
+            for i, b in enumerate(bns):
+                b.running_mean.copy_(mean[i * c : (i + 1) * c])
+                b.running_var.copy_(var[i * c : (i + 1) * c])
+    return out
+
+
 def run_cell(cell: Any, a: Tensor, b: Tensor, relu_out: bool) -> Tensor:
     """A compact NASNet cell (``cell.plan``, its modules) on ReLU'd inputs ``a``, ``b``.
 
@@ -253,21 +336,12 @@ def run_cell(cell: Any, a: Tensor, b: Tensor, relu_out: bool) -> Tensor:
                 zs.append(b.new_zeros(zshape[0], width, zshape[1], zshape[2]))
             continue
         modules = getattr(cell, f"node{node.k}")
-        xs = _Read.apply(store, list(zip(node.reads, node_indices, strict=True)), *tokens)
-        z: Tensor | None = None
-        for op, ids in zip(node.ops, node.part_reads, strict=True):
-            m = modules[f"op{op.j}"]
-            hs = []
-            for part, r in zip(op.parts, ids, strict=True):
-                x = xs[r]
-                if hooked(m.x):
-                    x = m.x(x)
-                x = m.drop(x)
-                lo, hi = part.columns
-                hs.append(F.conv2d(x, m.dw.weight[lo:hi], stride=part.stride, padding=1, groups=hi - lo))
-            y = m.bn(m.pw(hs[0] if len(hs) == 1 else torch.cat(hs, 1)))
-            z = y if z is None else z + y
-        assert z is not None
+        ops = [modules[f"op{op.j}"] for op in node.ops]
+        reads, padded = node_indices
+        if node.padded is not None and _mergeable(ops):
+            z = _padded_node(store, node.padded, padded, ops, tokens, width)
+        else:
+            z = _per_op_node(store, node, reads, ops, tokens)
         if node.read_later or relu_out:
             tokens.append(_Write.apply(store, buf, off, z, False))
         if not relu_out:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from cnas_ir.ir import Cell, Edge, Graph, Op
 from cnas_ir.passes.fold import live_closure
-from cnas_ir.passes.plan import CellPlan, OpPart, OpPlan, compact_keep, nasnet_plan, op_computes
+from cnas_ir.passes.plan import CellPlan, OpPart, OpPlan, Read, compact_keep, nasnet_plan, op_computes
 from cnas_ir.weights import WeightInfo, live_index, weight_table
 
 from .buffered import Pool, run_cell
@@ -262,14 +262,19 @@ class _NasnetCell(nn.Module):
         self._watched: list[nn.Module] | None = None
         # Index tensors of the plan's reads per device (not buffers: they are not state, and a
         # module moved with .to() finds them on its new device by this key).
-        self._indices: dict[torch.device, list[list[Tensor | None]]] = {}
+        self._indices: dict[torch.device, list[tuple[list[Tensor | None], Tensor | None]]] = {}
 
-    def plan_indices(self, device: torch.device) -> list[list[Tensor | None]]:
-        """Per node, its distinct reads' indices on ``device`` (None for a run: a view)."""
+    def plan_indices(self, device: torch.device) -> list[tuple[list[Tensor | None], Tensor | None]]:
+        """Per node, on ``device``: the indices of its distinct reads and of its padded read
+        (None for a run, which is a view, or for no padded read)."""
         found = self._indices.get(device)
         if found is None:
+
+            def index(r: Read | None) -> Tensor | None:
+                return None if r is None or r.run else torch.as_tensor(r.index, device=device)
+
             found = [
-                [None if r.run else torch.as_tensor(r.index, device=device) for r in node.reads]
+                ([index(r) for r in node.reads], index(node.padded.read if node.padded else None))
                 for node in self.plan.nodes
             ]
             self._indices[device] = found
@@ -571,8 +576,11 @@ class _FusedCell:
         hz, wz = ((h + 1) // 2, (w + 1) // 2) if plan.reduction else (h, w)
         cl = b.is_contiguous(memory_format=torch.channels_last) and n * h * w > 1
         fmt = torch.channels_last if cl else torch.contiguous_format
+        # From the network's pool, given back below: a fresh buffer above glibc's mmap threshold
+        # page-faults on its first write (see buffered.Pool).
+        pool: Pool = cell.pool
         bufs: list[Tensor] = [
-            torch.empty(n, size, hh, ww, dtype=b.dtype, device=b.device, memory_format=fmt)
+            pool.take((n, hh, ww, size), b).permute(0, 3, 1, 2) if cl else pool.take((n, size, hh, ww), b)
             for (size, _), (hh, ww) in zip(plan.buffers, ((h, w), (hz, wz)), strict=False)
         ]
         handoff = self._preprocess(pre, a, b, bufs[0], d_a, next_cell)
@@ -604,14 +612,23 @@ class _FusedCell:
                 torch.clamp_min(z, 0, out=state)
             if not relu_out:
                 zs.append(z)
+        kept = -1  # a buffer handed on as the output itself, not given back to the pool
         if relu_out:
             i, lo, c = plan.output
             out = bufs[i][:, lo : lo + c]
             # a view of the buffer unless it is part of it: one copy here, not one per reader
-            return (out if c == bufs[i].shape[1] else out.contiguous(memory_format=fmt)), handoff
-        if not zs:
-            return cell._zeros(b, 0), handoff
-        return (zs[0] if len(zs) == 1 else torch.cat(zs, 1)), handoff
+            if c == bufs[i].shape[1]:
+                kept = i
+            else:
+                out = out.contiguous(memory_format=fmt)
+        elif not zs:
+            out = cell._zeros(b, 0)
+        else:
+            out = zs[0] if len(zs) == 1 else torch.cat(zs, 1)
+        for i, buf in enumerate(bufs):
+            if i != kept:
+                pool.give(buf.permute(0, 2, 3, 1) if cl else buf)
+        return out, handoff
 
 
 # ---- DenseNet-BC building blocks -------------------------------------------------------------
