@@ -386,26 +386,29 @@ class _Emitter:
         """z = sum over the plan's ops of BN(PW(DW(x))) as (one or two) DW convs and one PW conv."""
         p = node.name
         assert node.ops, f"{p}: a live node without a live op (the graph is not folded)"
-        # Segment list 0 holds the parts at stride 2 (x copied from d in a reduction cell), list 1
-        # those at stride 1; a normal cell has list 0 only. Within a list, op after op.
-        parts = (0, 1) if reduction else (0,)
-        segments: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in parts]
-        for op in node.ops:
-            pw, bias = fold_bn_into_conv(self.w(f"{op.name}.pw.weight"), *self.bn(f"{op.name}.bn", affine=False))
-            dw = self.w(f"{op.name}.dw.weight")
-            for q, part in enumerate(op.parts):
+        folded = [
+            fold_bn_into_conv(self.w(f"{op.name}.pw.weight"), *self.bn(f"{op.name}.bn", affine=False))
+            for op in node.ops
+        ]
+        dws = [self.w(f"{op.name}.dw.weight") for op in node.ops]
+        # The plan's merged reads, one per stride (stride 2, the copies of d in a reduction
+        # cell, first), op after op within each: a segment per op part.
+        segments: list[tuple[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]] = []
+        for m in node.merged:
+            segs = []
+            for o, q, _, _ in m.spans:
+                part = node.ops[o].parts[q]
                 lo, hi = part.columns
+                pw, bias = folded[o]
                 # The op's bias enters the sum once, with its first part.
-                seg = (part.state, part.pos, dw[lo:hi], pw[:, lo:hi], bias if q == 0 else 0 * bias)
-                segments[0 if not reduction or part.stride == 2 else 1].append(seg)
-        flat = [seg for part in segments for seg in part]
+                segs.append((part.state, part.pos, dws[o][lo:hi], pw[:, lo:hi], bias if q == 0 else 0 * bias))
+            segments.append((m.stride, segs))
+        flat = [seg for _, segs in segments for seg in segs]
         merged = merge_node_ops([s[2] for s in flat], [s[3] for s in flat], [s[4] for s in flat])
         dw_rows, pw_cols = merged.dw.copy(), merged.pw.copy()  # reordered below, part by part
         outs, pw_parts, pw_pads = [], [], []
         row = 0
-        for part, segs in zip(parts, segments, strict=True):
-            if not segs:
-                continue
+        for stride, segs in segments:
             state = np.concatenate([s[0] for s in segs])
             pos = np.concatenate([s[1] for s in segs])
             n = int(state.size)
@@ -417,8 +420,7 @@ class _Emitter:
                 pw_cols[:, row : row + n] = pw_cols[:, row : row + n][:, order]
             # Zero channels up to a multiple of channel_multiple: see emit_model.
             pad = -n % self.channel_multiple
-            stride = 2 if reduction and part == 0 else 1
-            suffix = "" if not reduction else ("_d" if part == 0 else "_z")
+            suffix = "" if not reduction else ("_d" if stride == 2 else "_z")
             x, kind = self.gather(states, state, pos, f"{p}.gather{suffix}", pad=pad, old=old)
             dw_w = self.zero_padded(f"{p}.dw{suffix}.weight", dw_rows[row : row + n], pad, axis=0)
             dw = self.conv(x, (dw_w, n + pad, 3), None, f"{p}.dw{suffix}", stride=stride, group=n + pad)

@@ -10,12 +10,14 @@ Two modes compute the same function (eval mode, float32 tolerance):
   its depthwise conv over them and its pointwise conv to C. Dead operations and dead nodes are
   not in the module at all; preprocessing convs and the head keep only live input columns.
   Its parameter count equals ``compute_stats(graph).model_params_live`` on a folded graph.
-  In eval mode with autograd off, a NASNet cell runs a fused inference plan (:class:`_FusedCell`:
-  one gather per node and stride, a node's ops as one depthwise + one pointwise conv with the
-  BNs folded, preprocessing convs with their BN folded writing into the state buffer, cells
-  handing ReLU'd outputs to the next cells, channels_last gathers on the (N*H*W, C) view);
-  training and saliency (autograd on) run the per-op path, where each op's BN and tap are
-  separate modules.
+  A NASNet cell runs the execution plan of :mod:`cnas_ir.passes.plan` on one of three paths
+  (:class:`_NasnetCell`): in eval mode with autograd off a fused inference path (:class:`_FusedCell`:
+  one gather per node and stride, a node's ops as one depthwise + one pointwise conv with the BNs
+  folded, preprocessing convs with their BN folded writing into the state buffer, cells handing
+  ReLU'd outputs to the next cells); with autograd on (training, saliency) the buffered path of
+  :mod:`.buffered` (states in channels_last buffers, a node's ops merged where the plan says,
+  gradients moved through gradient buffers); under ``torch.compile``, or with a hook on the
+  preprocessing, the per-op path, where each op's gather, BN and tap are separate modules.
 
 Liveness rules shared by both modes (they make the two agree on any verified graph):
 
@@ -237,7 +239,8 @@ class _NasnetCell(nn.Module):
     - *fused* (compact, eval, autograd off): :class:`_FusedCell`, the ops of a node merged with
       their BNs folded;
     - *buffered* (compact, autograd on: training and saliency): :func:`.buffered.run_cell`, the
-      states in buffers, one gather per op and stride, the gradients moved by the plan;
+      states in buffers, one read per node or per op and stride, the gradients moved through
+      gradient buffers;
     - *per op* (masked mode, the reference semantics; under ``torch.compile``, which traces it as
       plain tensor code -- the other paths keep eager state, autograd Functions and weight caches;
       or when a hook waits on the preprocessing modules, which the other paths do not call): each
@@ -258,7 +261,7 @@ class _NasnetCell(nn.Module):
         self.reduction = plan.reduction
         self.masked = masked
         self._fused = None if masked else _FusedCell(plan)
-        self.pool = Pool()  # the buffered path's buffers; the network gives its cells one pool
+        self.pool = Pool()  # buffers of the buffered and fused paths; a network gives its cells one
         self._watched: list[nn.Module] | None = None
         # Index tensors of the plan's reads per device (not buffers: they are not state, and a
         # module moved with .to() finds them on its new device by this key).
