@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
@@ -579,6 +579,9 @@ def test_check_catches_a_wrong_gather(tiny_pruned: Graph) -> None:
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Found in CI: batch 1 in NCHW made a cell output a contiguous slice of a pooled buffer, which
+# .contiguous() did not copy, and the next cell overwrote it.
+@example(space="nasnet", seed=0, p_x=0.0, stacks=2, nodes=2, ops=1)
 @given(
     space=st.sampled_from(["nasnet", "densenet"]),
     seed=st.integers(0, 10_000),

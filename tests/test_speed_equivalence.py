@@ -188,3 +188,45 @@ def test_a_cell_called_alone_returns_its_raw_output() -> None:
     with torch.no_grad():
         out = cell(s, s)
     assert (ref < 0).any() and (out - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pooled_buffers_are_never_handed_out_twice(channels_last: bool) -> None:
+    # Cells take their state buffers from a pool shared by the network and give them back; a cell
+    # output must be a copy, also when a slice of a buffer is contiguous already (batch 1, NCHW),
+    # or the next cell overwrites it. Batches of 1, 7, 1 in a row, each against the masked module.
+    # Unpruned, so that cell 1's buffer [d_a | d_b | z_1 | z_2] (4 + 4 + 4 + 4 channels) has the
+    # shape of the reduction cell's [d_a | d_b] (8 + 8) at the same resolution: the pool hands
+    # cell 1's buffer to cell 2, which reads cell 1's output.
+    full = nasnet_graph(channels=4, stacks=2, cells=1, nodes=2, ops=1)
+    g = calibrated(full.replace(alive=np.ones_like(full.alive)), 0)
+    masked = lower(g, "masked").eval()
+    compact = lower(g, "compact").eval()
+    if channels_last:
+        compact = compact.to(memory_format=torch.channels_last)
+    for batch in (1, 7, 1):
+        x = torch.randn(batch, 3, SIZE, SIZE)
+        ref = logits(masked, x)
+        xc = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with torch.inference_mode():
+            assert (compact(xc) - ref).abs().max().item() < 1e-5
+        with torch.no_grad():
+            assert (compact(xc) - ref).abs().max().item() < 1e-5
+
+
+def test_train_mode_forward_without_autograd_updates_statistics_like_masked() -> None:
+    # A train-mode forward under no_grad (BN calibration) runs the buffered path with no
+    # autograd graph: its store dies with the call, and what it returned must not be a buffer
+    # the next cell reuses.
+    g = calibrated(random_alive(nasnet_graph(), 12, p_x=0.0), 12)
+    x = torch.randn(8, 3, SIZE, SIZE)
+    mods = {}
+    for mode in ("masked", "compact"):
+        m = lower(g, mode).train()
+        with torch.no_grad():
+            m(x)
+        mods[mode] = dict(m.named_buffers())
+    for name, t in mods["compact"].items():
+        if name.endswith(("running_mean", "running_var")) and "node" in name:
+            ref = mods["masked"][name]
+            assert ref.shape == t.shape and torch.allclose(t, ref, rtol=1e-5, atol=1e-6), name

@@ -186,7 +186,7 @@ class _Read(Function):
             buf = store.buffers[read.buffer]
             if index is None:
                 assert read.run is not None
-                x = buf[:, read.run[0] : read.run[1]].contiguous()
+                x = buf[:, read.run[0] : read.run[1]].clone()  # never the pooled buffer itself
             else:
                 x = buf.gather(1, index.view(1, -1).expand(buf.shape[0], -1))
             outs.append(_image(x, store.shapes[read.buffer]))
@@ -213,8 +213,9 @@ class _Output(Function):
 
     @staticmethod
     def forward(ctx: Any, store: _Store, i: int, lo: int, c: int, *tokens: Tensor) -> Tensor:  # type: ignore[override]
-        # A copy: the buffer goes back to the pool, a view of it could be overwritten.
-        out = store.buffers[i][:, lo : lo + c].contiguous()
+        # A copy, also of a whole buffer (.contiguous() would return the buffer itself): the
+        # buffer goes back to the pool, and a view of it could be overwritten.
+        out = store.buffers[i][:, lo : lo + c].clone()
         ctx.store, ctx.i, ctx.lo, ctx.c, ctx.tokens = store, i, lo, c, len(tokens)
         return _image(out, store.shapes[i])
 

@@ -623,7 +623,9 @@ class _FusedCell:
             if c == bufs[i].shape[1]:
                 kept = i
             else:
-                out = out.contiguous(memory_format=fmt)
+                # clone, not .contiguous(): a slice can be contiguous already (batch 1, NCHW) and
+                # would then be the pooled buffer itself
+                out = out.clone(memory_format=fmt)
         elif not zs:
             out = cell._zeros(b, 0)
         else:
