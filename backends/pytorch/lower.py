@@ -607,7 +607,9 @@ class _FusedCell:
                 for o, _, lo, hi in merged.spans:
                     tap = modules[f"op{node.ops[o].j}"].x
                     if _hooked(tap):
-                        tap(x[:, lo:hi])  # each op's tap on its own input
+                        # each op's tap on its own input; a copy when x is a view of a pooled
+                        # buffer, which a hook may keep beyond this call
+                        tap(x[:, lo:hi].clone() if isinstance(where, tuple) else x[:, lo:hi])
                 outs.append(F.conv2d(x, dw, stride=merged.stride, padding=1, groups=dw.shape[0]))
             hcat = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
             z = F.conv2d(hcat, pw, bias)
