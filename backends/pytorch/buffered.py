@@ -45,7 +45,7 @@ from torch.nn.modules import module as _torch_module
 
 from cnas_ir.passes.plan import CellPlan, NodePlan, PaddedRead, Read
 
-__all__ = ["Pool", "conv1x1", "hooked", "run_cell", "shifted"]
+__all__ = ["Pool", "conv1x1", "gather_columns", "hooked", "image", "rows", "run_cell", "shifted"]
 
 
 def hooked(m: torch.nn.Module) -> bool:
@@ -72,16 +72,22 @@ def shifted(h: Tensor) -> Tensor:
     return F.pad(h, (0, 1, 0, 1))[:, :, 1:, 1:]
 
 
-def _rows(t: Tensor) -> Tensor:
+def rows(t: Tensor) -> Tensor:
     """(N, C, H, W) -> (N*H*W, C): a view when ``t`` is channels_last, else a copy."""
     n, c, h, w = t.shape
     return t.permute(0, 2, 3, 1).reshape(n * h * w, c)
 
 
-def _image(rows: Tensor, shape: tuple[int, int, int]) -> Tensor:
+def image(r: Tensor, shape: tuple[int, int, int]) -> Tensor:
     """(N*H*W, C) -> (N, C, H, W) channels_last view; ``shape`` = (N, H, W)."""
     n, h, w = shape
-    return rows.view(n, h, w, rows.shape[1]).permute(0, 3, 1, 2)
+    return r.view(n, h, w, r.shape[1]).permute(0, 3, 1, 2)
+
+
+def gather_columns(r: Tensor, index: Tensor) -> Tensor:
+    """Columns ``index`` of ``r`` (M, C): ``gather`` with the index broadcast over the rows,
+    faster than ``index_select`` along dim 1 (BENCHMARKS.md)."""
+    return r.gather(1, index.view(1, -1).expand(r.shape[0], -1))
 
 
 class Pool:
@@ -168,7 +174,7 @@ class _Write(Function):
         dz = None
         if g is not None:  # else nothing read the buffer
             sl = slice(ctx.lo, ctx.lo + ctx.c)
-            dz = _image(torch.ops.aten.threshold_backward(g[:, sl], store.buffers[ctx.i][:, sl], 0), ctx.shape)
+            dz = image(torch.ops.aten.threshold_backward(g[:, sl], store.buffers[ctx.i][:, sl], 0), ctx.shape)
         if ctx.last:
             store.done()
         return None, None, None, dz, None
@@ -188,8 +194,8 @@ class _Read(Function):
                 assert read.run is not None
                 x = buf[:, read.run[0] : read.run[1]].clone()  # never the pooled buffer itself
             else:
-                x = buf.gather(1, index.view(1, -1).expand(buf.shape[0], -1))
-            outs.append(_image(x, store.shapes[read.buffer]))
+                x = gather_columns(buf, index)
+            outs.append(image(x, store.shapes[read.buffer]))
         ctx.store, ctx.reads, ctx.tokens = store, reads, len(tokens)
         return tuple(outs)
 
@@ -202,9 +208,9 @@ class _Read(Function):
             g = store.grad(read.buffer)
             if index is None:
                 assert read.run is not None
-                g[:, read.run[0] : read.run[1]] += _rows(dx)
+                g[:, read.run[0] : read.run[1]] += rows(dx)
             else:
-                g.scatter_add_(1, index.view(1, -1).expand(g.shape[0], -1), _rows(dx))
+                g.scatter_add_(1, index.view(1, -1).expand(g.shape[0], -1), rows(dx))
         return (None, None) + (None,) * ctx.tokens
 
 
@@ -217,20 +223,13 @@ class _Output(Function):
         # buffer goes back to the pool, and a view of it could be overwritten.
         out = store.buffers[i][:, lo : lo + c].clone()
         ctx.store, ctx.i, ctx.lo, ctx.c, ctx.tokens = store, i, lo, c, len(tokens)
-        return _image(out, store.shapes[i])
+        return image(out, store.shapes[i])
 
     @staticmethod
     def backward(ctx: Any, dc: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         store: _Store = ctx.store
-        store.grad(ctx.i)[:, ctx.lo : ctx.lo + ctx.c] += _rows(dc)
+        store.grad(ctx.i)[:, ctx.lo : ctx.lo + ctx.c] += rows(dc)
         return (None, None, None, None) + (None,) * ctx.tokens
-
-
-def _preprocess(d: Any, x: Tensor) -> Tensor:
-    """BN(conv(x)) of a preprocessing module on its ReLU'd input (a factorized reduce: two convs)."""
-    if hasattr(d, "conv1"):
-        return d.bn(torch.cat([conv1x1(d.conv1, x), conv1x1(d.conv2, shifted(x))], 1))
-    return d.bn(conv1x1(d.conv, x))
 
 
 def _per_op_node(
@@ -281,7 +280,7 @@ def _padded_node(
     if j == 1:
         return y
     nb, _, h, w = y.shape
-    return _image(_rows(y).view(-1, j, width).sum(1), (nb, h, w))
+    return image(rows(y).view(-1, j, width).sum(1), (nb, h, w))
 
 
 def _batch_norm(bns: list[torch.nn.BatchNorm2d], y: Tensor) -> Tensor:
@@ -320,8 +319,8 @@ def run_cell(cell: Any, a: Tensor, b: Tensor, relu_out: bool) -> Tensor:
     store = _Store(cell.pool, shapes, [channels for channels, _ in plan.buffers], b)
     width = plan.width
     tokens = [
-        _Write.apply(store, 0, 0, _preprocess(cell.d_a, a), True),
-        _Write.apply(store, 0, width, _preprocess(cell.d_b, b), True),
+        _Write.apply(store, 0, 0, cell.d_a.on_relu(a), True),
+        _Write.apply(store, 0, width, cell.d_b.on_relu(b), True),
     ]
     zs: list[Tensor] = []
     indices = cell.plan_indices(b.device)

@@ -48,7 +48,7 @@ from cnas_ir.passes.fold import live_closure
 from cnas_ir.passes.plan import CellPlan, OpPart, OpPlan, Read, compact_keep, nasnet_plan, op_computes
 from cnas_ir.weights import WeightInfo, live_index, weight_table
 
-from .buffered import Pool, run_cell
+from .buffered import Pool, gather_columns, image, rows, run_cell
 from .buffered import conv1x1 as _conv1x1
 from .buffered import hooked as _hooked
 from .buffered import shifted as _shifted
@@ -151,7 +151,11 @@ class _Preprocess(nn.Module):
         self.bn = nn.BatchNorm2d(cout, affine=False)
 
     def forward(self, a: Tensor) -> Tensor:
-        return self.bn(_conv1x1(self.conv, F.relu(a)))
+        return self.on_relu(F.relu(a))
+
+    def on_relu(self, h: Tensor) -> Tensor:
+        """d from ``h`` = ReLU(a), for a caller that has it already (the buffered path)."""
+        return self.bn(_conv1x1(self.conv, h))
 
 
 class _FactorizedReduce(nn.Module):
@@ -167,7 +171,10 @@ class _FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(cout, affine=False)
 
     def forward(self, a: Tensor) -> Tensor:
-        h = F.relu(a)
+        return self.on_relu(F.relu(a))
+
+    def on_relu(self, h: Tensor) -> Tensor:
+        """d from ``h`` = ReLU(a), for a caller that has it already (the buffered path)."""
         return self.bn(torch.cat([_conv1x1(self.conv1, h), _conv1x1(self.conv2, _shifted(h))], 1))
 
 
@@ -371,9 +378,7 @@ def _gather_rows(buf: Tensor, index: Tensor | tuple[int, int]) -> Tensor:
         return buf[:, index[0] : index[1]]
     n, c, h, w = buf.shape
     if n * h * w > 1 and buf.is_contiguous(memory_format=torch.channels_last) and not buf.is_contiguous():
-        flat = buf.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        rows = flat.gather(1, index.view(1, -1).expand(n * h * w, -1))
-        return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
+        return image(gather_columns(rows(buf), index), (n, h, w))
     return buf.index_select(1, index)
 
 
