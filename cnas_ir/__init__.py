@@ -21,15 +21,24 @@ if TYPE_CHECKING:
 __all__ = ["__version__", "build", "load", "save"]
 
 
-def build(spec: Spec | str | Path | dict[str, Any]) -> Graph:
-    """The one-shot graph of a spec given as a :class:`Spec`, a YAML path or a mapping."""
+def build(spec: Spec | str | Path | dict[str, Any], *, max_memory: int | None = None) -> Graph:
+    """The one-shot graph of a spec given as a :class:`Spec`, a YAML path or a mapping.
+
+    Before anything is allocated, the graph's and its weights' size is estimated from the spec
+    (:mod:`cnas_ir.estimate`); above ``max_memory`` bytes (default 4 GiB) it raises
+    :class:`~cnas_ir.errors.InputError` naming the spec key that contributes most.
+    """
+    from cnas_ir.estimate import check_size
     from cnas_ir.passes.build import build_graph
     from cnas_ir.spec import Spec, load_spec, parse_spec
 
+    source = None
     if isinstance(spec, dict):
         spec = parse_spec(spec)
     elif not isinstance(spec, Spec):
+        source = str(spec)
         spec = load_spec(spec)
+    check_size(spec, max_memory, source)
     graph = build_graph(spec)
     graph.verify()
     return graph

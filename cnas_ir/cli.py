@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from cnas_ir import __version__
-from cnas_ir.errors import CnasError, InputError, RunFailure
+from cnas_ir.errors import CnasError, InputError, RunFailure, one_line, shorten
 from cnas_ir.rundir import RunDir, check_output_path
 
 __all__ = ["cli", "main"]
@@ -89,10 +89,29 @@ def cli(ctx: click.Context, run_dir: Path | None, debug: bool) -> None:
       cnas-ir stats                        # Table 1 of the newest artifact
       cnas-ir show --cell 3 --png cell3.png
       cnas-ir report                       # cnas-run/report.html
+      cnas-ir eval cnas-run/004-train.onnx # the exported model in onnxruntime
+
+    \b
+    Your own images (one subfolder per class; data: {name: folder, path: DIR} in the spec):
+      cnas-ir train --data folder:photos --workers 8
 
     ARTIFACT arguments default to the newest artifact of the run directory.
     """
     ctx.obj = Context(run_dir, debug)
+
+
+def _size(value: str | None) -> int | None:
+    from cnas_ir.estimate import parse_size
+
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--max-memory'") from None
+
+
+_MAX_MEMORY_HELP = "Refuse a graph whose IR + weights would exceed SIZE (8G, 500M) [default: 4G]."
 
 
 @cli.command()
@@ -100,14 +119,48 @@ def cli(ctx: click.Context, run_dir: Path | None, debug: bool) -> None:
 @click.option(
     "-o", "--out", type=click.Path(dir_okay=False), help="Write the artifact here instead of the run directory."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the stats of the one-shot graph as JSON on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the stats of the one-shot graph (--dry-run: the estimate) as JSON."
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the size estimate (vertices, edges, parameters, memory); build nothing."
+)
+@click.option("--max-memory", metavar="SIZE", help=_MAX_MEMORY_HELP)
 @pass_ctx
-def build(ctx: Context, spec_path: Path, out: str | None, as_json: bool) -> None:
-    """Build the one-shot channel graph of SPEC.yaml and save it as an artifact."""
-    from cnas_ir import build as build_graph
-    from cnas_ir.passes.stats import compute_stats
+def build(ctx: Context, spec_path: Path, out: str | None, as_json: bool, dry_run: bool, max_memory: str | None) -> None:
+    """Build the one-shot channel graph of SPEC.yaml and save it as an artifact.
 
-    graph = build_graph(spec_path)
+    The size is estimated from the spec first, in closed form; a spec whose graph and weights
+    would exceed the memory limit is refused in one line that names the key to change.
+
+    \b
+    Examples:
+      cnas-ir build examples/nasnet.yaml
+      cnas-ir build big.yaml --dry-run          # vertices, edges, parameters, memory; nothing built
+      cnas-ir build big.yaml --max-memory 16G
+    """
+    from cnas_ir import build as build_graph
+    from cnas_ir.estimate import estimate, format_size
+    from cnas_ir.passes.stats import compute_stats
+    from cnas_ir.spec import load_spec
+
+    limit = _size(max_memory)
+    if dry_run:
+        spec = load_spec(spec_path)
+        e = estimate(spec)
+        if as_json:
+            _echo_json(e.to_json())
+            return
+        at_least = "at least " if e.at_least else ""
+        click.echo(
+            f"{spec.name} ({spec.space}): {at_least}{e.vertices:,} vertices ({e.x_vertices:,} x), "
+            f"{e.channel_edges:,} channel edges, {e.params:,} parameters\n"
+            f"IR {format_size(e.ir_bytes)} + weights {format_size(e.weight_bytes)} = {format_size(e.build_bytes)}; "
+            f"training step at batch {e.batch_size}, {spec.input.size}x{spec.input.size}: "
+            f"{format_size(e.activation_bytes)} of activations"
+        )
+        return
+    graph = build_graph(spec_path, max_memory=limit)
     stats = compute_stats(graph)
     path = _write(ctx, graph, out, "build")
     if as_json:
@@ -148,14 +201,83 @@ def dump(ctx: Context, artifact: str | None) -> None:
     click.echo(dump_text(graph), nl=False)
 
 
-_DATA_HELP = "Dataset instead of the spec's: digits, synthetic or cifar10:PATH (a local folder; nothing is downloaded)."
+@cli.command()
+@click.argument("searched", metavar="SEARCHED.cnas")
+@click.argument("target_path", metavar="TARGET.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--weights",
+    type=click.Choice(["init", "keep"]),
+    default="init",
+    show_default=True,
+    help="init: re-initialise every weight (the paper's choice). keep: keep each operation whose weights "
+    "have the same names and shapes, initialise the rest (stem, head, a preprocessing that became a "
+    "factorized reduce).",
+)
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the artifact here, not in the run directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the stats of the transferred graph as JSON on stdout.")
+@pass_ctx
+def transfer(ctx: Context, searched: str, target_path: Path, weights: str, out: str | None, as_json: bool) -> None:
+    """Move SEARCHED.cnas's cells into the network TARGET.yaml describes (paper §3.3).
+
+    Each cell keeps its searched topology (the live x of every node and op, channel by
+    channel); the target may change the name, input, classes, stem (nasnet.stem: imagenet),
+    spatial dropout, data, training recipe and search settings, but not the cell structure.
+    Then train the result as any artifact.
+
+    \b
+    Example, the paper's ImageNet setting:
+      cnas-ir transfer cnas-run/004-train.cnas examples/nasnet-imagenet.yaml
+      cnas-ir train --reinit
+    """
+    from cnas_ir.passes.stats import compute_stats
+    from cnas_ir.passes.transfer import keep_weights
+    from cnas_ir.passes.transfer import transfer as transfer_graph
+    from cnas_ir.spec import load_spec
+
+    _check_out(out)
+    source_path, source = _load(ctx, searched)
+    if weights == "keep" and not source.weights:
+        raise InputError(f"{source_path}: no trained weights to keep; train it first or use --weights init")
+    target = load_spec(target_path)
+    graph = transfer_graph(source, target, where=str(target_path))
+    if weights == "keep":
+        from cnas_ir.backends.onnx.export import initial_weights
+
+        graph = keep_weights(source, graph, initial_weights(graph, target.train.seed).weights)
+    stats = compute_stats(graph)
+    path = _write(ctx, graph, out, "transfer")
+    if as_json:
+        _echo_json(stats.to_json())
+    if weights == "keep":
+        fresh = graph.history[-1]["initialised"]
+        _info(
+            f"kept the weights of {graph.history[-1]['kept']} operations; initialised {len(fresh)}: "
+            + (", ".join(fresh[:8]) + (f" and {len(fresh) - 8} more" if len(fresh) > 8 else "") if fresh else "none")
+        )
+    _info(
+        f"transferred {source.spec.name}'s {len(graph.cells)} cells into {target.name}: rho {stats.rho:.6f}, "
+        f"{stats.total.params_live:,} cell params, {stats.model_params_live:,} model params -> {path}"
+    )
 
 
-def _load_data(graph: Any, data: str | None) -> Any:
+_DATA_HELP = (
+    "Dataset instead of the spec's: digits, synthetic, cifar10:PATH or folder:DIR (your images, one subfolder "
+    "per class; e.g. --data folder:photos). Local folders only; nothing is downloaded."
+)
+_WORKERS_HELP = (
+    "DataLoader processes decoding an image folder [default: none for a folder that fits in memory, "
+    "up to 8 for one streamed from disk]."
+)
+
+
+def _load_data(graph: Any, data: str | None, workers: int | None = None, *, same_classes: bool = False) -> Any:
+    """The data set of ``--data`` or the spec; an image folder is normalised with the statistics
+    ``graph`` was trained with and, with ``same_classes``, must have its class names."""
     from cnas_ir.backends.pytorch.data import load_dataset, parse_data_option
 
     name, path = parse_data_option(data) if data is not None else (None, None)
-    return load_dataset(graph.spec, name, path)
+    classes = graph.data.get("classes") if same_classes else None
+    return load_dataset(graph.spec, name, path, stats=graph.data, classes=classes, workers=workers)
 
 
 _NPROC_HELP = "Run on N processes of this node: relaunches the command under torchrun (one per GPU; gloo on CPU)."
@@ -281,11 +403,12 @@ def _prelaunch_checks(ctx: Context, artifact: str | None, data: str | None, out:
     is_flag=True,
     help="Run the training step under torch.compile (minutes of compilation first; BENCHMARKS.md: when it pays).",
 )
+@click.option("--workers", type=click.IntRange(min=0), metavar="N", help=_WORKERS_HELP)
 @pass_ctx
 def train(
     ctx: Context, artifact: str | None, epochs: int | None, data: str | None, reinit: bool, device: str,
     out: str | None, resume: bool, nproc: int | None, amp: str, layout: str, old_channels_last: bool,
-    compile_: bool,
+    compile_: bool, workers: int | None,
 ) -> None:  # fmt: skip
     """Train ARTIFACT's network with the spec's recipe (SGD, Nesterov, cosine warm restarts).
 
@@ -293,6 +416,11 @@ def train(
     checkpoints/ after every epoch; Ctrl-C stops cleanly (exit 130) and --resume continues.
     Writes NNN-train.cnas holding the trained weights. Under torchrun (or with --nproc N) it
     trains data-parallel; the spec's batch_size is the global batch, split over the processes.
+    An image folder's class names and normalisation are kept in the artifact.
+
+    \b
+    Example, your own images (photos/<class>/*.jpg, or photos/train/ and photos/val/):
+      cnas-ir train --data folder:photos --workers 8
     """
     import time
 
@@ -306,7 +434,7 @@ def train(
         return
     _check_out(out)  # before hours of training, not after
     src, graph = _load(ctx, artifact)
-    splits = _load_data(graph, data)
+    splits = _load_data(graph, data, workers)
     t0 = time.perf_counter()
     with _process_group(device) as rank0:
         # Ctrl-C raises TrainInterrupted (exit 130) with a one-line message on how to resume.
@@ -330,15 +458,41 @@ def train(
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: split, data, n, loss, accuracy.")
+@click.option("--workers", type=click.IntRange(min=0), metavar="N", help=_WORKERS_HELP)
 @pass_ctx
-def evaluate(ctx: Context, artifact: str | None, data: str | None, split: str, device: str, as_json: bool) -> None:
-    """Loss and accuracy of ARTIFACT's trained network on a split of its dataset."""
+def evaluate(
+    ctx: Context, artifact: str | None, data: str | None, split: str, device: str, as_json: bool, workers: int | None
+) -> None:
+    """Loss and accuracy of ARTIFACT's trained network on a split of its dataset.
+
+    ARTIFACT may be an exported MODEL.onnx: it runs in onnxruntime on the data the artifact's
+    eval would use (the spec and normalisation are in the model's metadata; a relative data
+    path is taken from the current folder; --data overrides).
+
+    \b
+    Examples:
+      cnas-ir eval --split val --json
+      cnas-ir eval cnas-run/004-train.onnx --device cpu
+    """
+    if artifact is not None and artifact.lower().endswith(".onnx"):
+        from cnas_ir.backends.onnx.evaluate import evaluate_onnx
+
+        path = Path(artifact)
+        name, result, provider = evaluate_onnx(path, split, data=data, device=device, workers=workers)
+        if as_json:
+            _echo_json({"artifact": str(path), "data": name, "split": split, **result, "provider": provider})
+        else:
+            click.echo(
+                f"{path}: {split} accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} "
+                f"({result['n']} images of {name}; onnxruntime {provider})"
+            )
+        return
     from cnas_ir.backends.pytorch.train import evaluate as evaluate_graph
 
     path, graph = _load(ctx, artifact)
     if not graph.weights:
         raise InputError(f"{path}: has no weights to evaluate; train it first (`cnas-ir train`)")
-    splits = _load_data(graph, data)
+    splits = _load_data(graph, data, workers, same_classes=True)
     result = evaluate_graph(graph, split, data=splits, device=device)
     if as_json:
         _echo_json({"artifact": str(path), "data": splits.name, "split": split, **result})
@@ -354,7 +508,13 @@ def evaluate(ctx: Context, artifact: str | None, data: str | None, split: str, d
 @click.option(
     "--rho",
     type=click.FloatRange(0, 1, min_open=True),
-    help="Budget: cell parameters / one-shot cell parameters [default: the spec's search.rho].",
+    help="Budget: cell cost / one-shot cell cost, in the unit of --budget [default: the spec's search.rho].",
+)
+@click.option(
+    "--budget",
+    type=click.Choice(["params", "macs"]),
+    help="What rho is a fraction of: the cells' parameters (the paper's) or their multiply-adds per image "
+    "at the spec's input size [default: search.budget, params].",
 )
 @click.option(
     "--gamma",
@@ -384,11 +544,13 @@ def evaluate(ctx: Context, artifact: str | None, data: str | None, split: str, d
 @click.option("--nproc", type=click.IntRange(min=1), metavar="N", help=_NPROC_HELP)
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", show_default=True, help=_AMP_HELP)
 @_layout_option
+@click.option("--workers", type=click.IntRange(min=0), metavar="N", help=_WORKERS_HELP)
 @pass_ctx
 def prune(
-    ctx: Context, artifact: str | None, rho: float | None, gamma: float | None, criterion: str | None, seed: int,
-    finetune_epochs: int | None, saliency_batches: int | None, data: str | None, device: str, out: str | None,
-    as_json: bool, nproc: int | None, amp: str, layout: str, old_channels_last: bool,
+    ctx: Context, artifact: str | None, rho: float | None, budget: str | None, gamma: float | None,
+    criterion: str | None, seed: int, finetune_epochs: int | None, saliency_batches: int | None, data: str | None,
+    device: str, out: str | None, as_json: bool, nproc: int | None, amp: str, layout: str, old_channels_last: bool,
+    workers: int | None,
 ) -> None:  # fmt: skip
     """Search: prune ARTIFACT's x vertices, least salient first, until the cells fit rho.
 
@@ -399,6 +561,15 @@ def prune(
     Then `cnas-ir train` fine-tunes the result (CNAS-W) or `cnas-ir train --reinit`
     retrains it from scratch (CNAS-R). Under torchrun (or with --nproc N) training, fine-tuning
     and saliency run data-parallel, the scores summed over the processes.
+
+    --budget macs makes rho a fraction of the cells' multiply-adds instead of their parameters:
+    a kept x then costs its depthwise and pointwise multiply-adds at its op's output resolution,
+    so channels of the early, large-resolution cells are dearer. `cnas-ir stats` shows both
+    ratios (rho, rho_macs).
+
+    \b
+    Example: keep 46% of the one-shot cells' multiply-adds
+      cnas-ir prune --rho 0.46 --budget macs --criterion random --finetune-epochs 0
     """
     from cnas_ir.backends.pytorch.search import SearchSettings, search
     from cnas_ir.passes.stats import compute_stats
@@ -414,6 +585,7 @@ def prune(
     s = graph.spec.search
     settings = SearchSettings(
         rho=s.rho if rho is None else rho,
+        budget=s.budget if budget is None else budget,
         gamma=s.gamma if gamma is None else gamma,
         criterion=s.criterion if criterion is None else criterion,
         seed=seed,
@@ -423,7 +595,9 @@ def prune(
         amp=amp,
         channels_last=layout == "channels-last",
     )
-    splits = _load_data(graph, data) if data is not None else None
+    # An image folder is loaded here so that it is normalised as the artifact was trained.
+    folder = graph.spec.data.name == "folder" or workers is not None
+    splits = _load_data(graph, data, workers) if data is not None or folder else None
     with _process_group(device) as rank0:
         pruned = search(graph, settings, data=splits, run=ctx.run, say=_info, progress=sys.stderr.isatty())
     if not rank0:
@@ -432,9 +606,11 @@ def prune(
     path = _write(ctx, pruned, out, "prune")
     if as_json:
         _echo_json(stats.to_json())
+    macs = f", rho_macs {stats.rho_macs:.6f} ({stats.total.macs_live:,} cell multiply-adds)"
     _info(
-        f"pruned to rho {stats.rho:.6f}: {stats.total.x_live:,} of {stats.total.x:,} x vertices, "
-        f"{stats.total.params_live:,} cell params, {stats.model_params_live:,} model params -> {path}"
+        f"pruned to rho {stats.rho:.6f}{macs if settings.budget == 'macs' else ''}: {stats.total.x_live:,} of "
+        f"{stats.total.x:,} x vertices, {stats.total.params_live:,} cell params, {stats.model_params_live:,} model "
+        f"params -> {path}"
     )
 
 
@@ -505,12 +681,12 @@ def main(argv: list[str] | None = None) -> int:
         ctx_hint = ""
         if isinstance(e, click.UsageError) and e.ctx is not None:
             ctx_hint = f" (see '{e.ctx.command_path} --help')"
-        click.echo(f"cnas-ir: error: {e.format_message()}{ctx_hint}", err=True)
+        click.echo(one_line(f"cnas-ir: error: {e.format_message()}{ctx_hint}"), err=True)
         return e.exit_code
     except CnasError as e:
         if debug:
             raise
-        click.echo(f"cnas-ir: error: {e}", err=True)
+        click.echo(one_line(f"cnas-ir: error: {e}"), err=True)
         return e.exit_code
     except KeyboardInterrupt:
         click.echo("cnas-ir: interrupted", err=True)
@@ -520,9 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
             raise
-        click.echo(
-            f"cnas-ir: internal error: {e.__class__.__name__}: {e} (rerun with --debug for the traceback)", err=True
-        )
+        what = shorten(f"{e.__class__.__name__}: {e}", 200)
+        click.echo(one_line(f"cnas-ir: internal error: {what} (rerun with --debug for the traceback)"), err=True)
         return 1
 
 

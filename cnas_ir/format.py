@@ -1,13 +1,18 @@
 """The ``.cnas`` artifact format: a zip of JSON and safetensors, never pickle.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
-    cnas.json            manifest: {"format": "cnas-ir", "version": 1, "producer": ...,
+    cnas.json            manifest: {"format": "cnas-ir", "version": 2, "producer": ...,
                          "members": {name: sha256 hex}} -- always the first member
     spec.json            the validated spec (canonical JSON)
     graph.safetensors    the IR columns (group, vertex and bundle columns of cnas_ir.ir.Graph)
     weights.safetensors  float32 weights by name, one-shot shapes (absent before training)
     history.json         list of events (build, train, prune, ...)
+    data.json            what the weights were trained on (``Graph.data``): {} before training,
+                         else {"name": ..., "mean": [per channel], "std": [per channel]} and,
+                         for an image folder, "classes": [class names in label order]
+
+Version 1 is version 2 without ``data.json``; it still loads (with empty ``Graph.data``).
 
 Loading checks, in order: a zip at all (else "not a cnas-ir artifact" or "truncated"), the
 manifest's format name and version (a newer version is refused), every member's sha256, the
@@ -21,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
@@ -32,7 +39,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from cnas_ir import __version__
-from cnas_ir.errors import CnasError, InputError, RunFailure
+from cnas_ir.errors import CnasError, InputError, RunFailure, reading
 from cnas_ir.ir import BUNDLE_COLUMNS, GROUP_COLUMNS, VERTEX_COLUMNS, Graph, VerifyError
 from cnas_ir.spec import parse_spec
 from cnas_ir.weights import weight_table
@@ -40,7 +47,7 @@ from cnas_ir.weights import weight_table
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "atomic_write", "load", "save"]
 
 FORMAT_NAME = "cnas-ir"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MANIFEST = "cnas.json"
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -82,6 +89,7 @@ def _members(graph: Graph) -> dict[str, bytes]:
         "spec.json": graph.spec.to_json().encode(),
         "graph.safetensors": st_save(columns),
         "history.json": json.dumps(list(graph.history), indent=1).encode(),
+        "data.json": json.dumps(graph.data, sort_keys=True).encode(),
     }
     if graph.weights:
         members["weights.safetensors"] = st_save({k: np.ascontiguousarray(v) for k, v in graph.weights.items()})
@@ -120,15 +128,8 @@ def _corrupt(path: Path, why: str) -> InputError:
 def load(path: str | Path) -> Graph:
     """Read an artifact written by :func:`save`; every failure is a one-line :class:`CnasError`."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such artifact") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not a .cnas artifact") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    with reading(path, "artifact"), open(path, "rb") as f:
+        head = f.read(4)
     if head != _ZIP_MAGIC:
         raise InputError(f"{path}: not a cnas-ir artifact (not a zip archive)")
     try:
@@ -178,7 +179,7 @@ def _from_members(path: Path, data: dict[str, bytes]) -> Graph:
             raise _corrupt(path, f"member {name} is missing")
         if hashlib.sha256(data[name]).hexdigest() != digest:
             raise _corrupt(path, f"member {name} does not match its checksum")
-    for required in ("spec.json", "graph.safetensors", "history.json"):
+    for required in ("spec.json", "graph.safetensors", "history.json") + (("data.json",) if version >= 2 else ()):
         if required not in listed:
             raise _corrupt(path, f"member {required} is missing")
     try:
@@ -189,6 +190,7 @@ def _from_members(path: Path, data: dict[str, bytes]) -> Graph:
     spec = parse_spec(spec_data, f"{path}:spec.json")
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise _corrupt(path, "history.json is not a list of events")
+    data_info = _data_info(path, data["data.json"], spec.input.channels, spec.classes) if "data.json" in listed else {}
     try:
         columns = st_load(data["graph.safetensors"])
         weights = st_load(data["weights.safetensors"]) if "weights.safetensors" in listed else {}
@@ -199,12 +201,44 @@ def _from_members(path: Path, data: dict[str, bytes]) -> Graph:
     if missing:
         raise _corrupt(path, f"graph column {missing[0]} is missing")
     try:
-        graph = Graph(spec=spec, weights=weights, history=tuple(history), **{c: columns[c] for c in wanted})
+        graph = Graph(
+            spec=spec, weights=weights, history=tuple(history), data=data_info, **{c: columns[c] for c in wanted}
+        )
         graph.verify()
     except VerifyError as e:
         raise _corrupt(path, f"invalid graph: {e}") from None
     _check_weights(path, graph)
     return graph
+
+
+def _data_info(path: Path, raw: bytes, channels: int, classes: int) -> dict[str, Any]:
+    """``data.json`` checked: a mapping, a string ``name``, ``mean``/``std`` lists of ``channels``
+    finite numbers (std > 0) and ``classes`` a list of ``classes`` strings, each where present."""
+    try:
+        info = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _corrupt(path, f"data.json: bad JSON: {e}") from None
+    if not isinstance(info, dict):
+        raise _corrupt(path, "data.json is not a mapping")
+    if "name" in info and not isinstance(info["name"], str):
+        raise _corrupt(path, "data.json: name is not a string")
+    for key in ("mean", "std"):
+        v = info.get(key)
+        if v is None:
+            continue
+        if (
+            not isinstance(v, list)
+            or len(v) != channels
+            or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) for m in v)
+            or (key == "std" and not all(m > 0 for m in v))
+        ):
+            raise _corrupt(path, f"data.json: {key} must be {channels} finite numbers (std > 0)")
+    names = info.get("classes")
+    if names is not None and not (
+        isinstance(names, list) and len(names) == classes and all(isinstance(c, str) for c in names)
+    ):
+        raise _corrupt(path, f"data.json: classes is not a list of {classes} names")
+    return info
 
 
 def _check_weights(path: Path, graph: Graph) -> None:

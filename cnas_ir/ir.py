@@ -75,6 +75,7 @@ class Edge(enum.IntEnum):
     BOTTLENECK2 = 11  # DenseNet y -> z: Conv3x3(ReLU(BN(y))), BN affine
     TRANSITION = 12  # DenseNet b -> d: AvgPool2(Conv1x1(ReLU(BN(b))))
     HEAD_BN_LINEAR = 13  # DenseNet: BN + ReLU + global average pool + Linear (bias)
+    STEM_RELU_CONV_BN = 14  # ImageNet stem, second and third layers: ReLU, Conv3x3 stride 2, BN(affine)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ COST: dict[Edge, Cost] = {
     Edge.BOTTLENECK2: Cost(pair=9, per_src=2, macs_pair=9),
     Edge.TRANSITION: Cost(pair=1, per_src=2, macs_pair=1, macs_at_src=True),
     Edge.HEAD_BN_LINEAR: Cost(pair=1, per_src=2, per_dst=1, macs_pair=1, spatial=False),
+    Edge.STEM_RELU_CONV_BN: Cost(pair=9, per_dst=2, macs_pair=9),
 }
 
 # Bundles connecting every live src channel to every live dst channel; the others are 1:1.
@@ -128,6 +130,7 @@ DENSE = frozenset(
         Edge.BOTTLENECK2,
         Edge.TRANSITION,
         Edge.HEAD_BN_LINEAR,
+        Edge.STEM_RELU_CONV_BN,
     }
 )
 
@@ -149,6 +152,7 @@ _ENDPOINTS: dict[Edge, frozenset[tuple[Kind, Kind]]] = {
     Edge.BOTTLENECK2: frozenset({(Kind.Y, Kind.Z)}),
     Edge.TRANSITION: frozenset({(Kind.B, Kind.D)}),
     Edge.HEAD_BN_LINEAR: frozenset({(Kind.C, Kind.HEAD)}),
+    Edge.STEM_RELU_CONV_BN: frozenset({(Kind.STEM, Kind.STEM)}),
 }
 
 GROUP_COLUMNS = ("kind", "cell", "node", "op", "start", "size", "res")
@@ -215,7 +219,10 @@ class Graph:
     Bundle columns (length E): ``bundle_kind`` uint8 (:class:`Edge`), ``bundle_src`` and
     ``bundle_dst`` int32 group ids.
     ``weights`` maps parameter/buffer names to float32 arrays in one-shot shapes (empty
-    before training); ``history`` is a JSON-able list of what was done to the graph.
+    before training); ``history`` is a JSON-able list of what was done to the graph;
+    ``data`` describes the data the weights were trained on (JSON-able: ``name``, per-channel
+    ``mean`` and ``std`` of the input normalisation, ``classes`` names for an image folder), so
+    evaluation and export normalise as training did; empty before training.
     """
 
     spec: Spec
@@ -234,6 +241,7 @@ class Graph:
     bundle_dst: np.ndarray
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     history: tuple[dict[str, Any], ...] = ()
+    data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in GROUP_COLUMNS + VERTEX_COLUMNS + BUNDLE_COLUMNS:
@@ -248,6 +256,7 @@ class Graph:
         fields = {name: getattr(self, name) for name in ("spec",) + GROUP_COLUMNS + VERTEX_COLUMNS + BUNDLE_COLUMNS}
         fields["weights"] = self.weights
         fields["history"] = self.history
+        fields["data"] = self.data
         fields.update(changes)
         return Graph(**fields)
 
@@ -294,6 +303,8 @@ class Graph:
         """Human name of a group, e.g. ``cell3.node2.op1.x`` or ``cell8.d_a``."""
         k = Kind(int(self.kind[g]))
         cell, node, op = int(self.cell[g]), int(self.node[g]), int(self.op[g])
+        if k == Kind.STEM and op:  # a layer of a multi-layer (ImageNet) stem
+            return f"stem{op}"
         if k in (Kind.INPUT, Kind.STEM, Kind.HEAD):
             return k.name.lower()
         base = f"cell{cell}"
@@ -352,7 +363,7 @@ class Graph:
                     index=ci, kind=kind, width=width, res=int(self.res[c]), inputs=inputs, d=d, c=c, nodes=tuple(nodes)
                 )
             )
-        stem = by_key[(Kind.STEM, 0, 0, 0)]
+        stem = int(np.flatnonzero(kinds == Kind.STEM)[-1])  # the stem's last layer feeds the cells
         head = by_key[(Kind.HEAD, 0, 0, 0)]
         inp = by_key[(Kind.INPUT, 0, 0, 0)]
         return tuple(cells), tuple(ops), inp, stem, head
@@ -446,9 +457,12 @@ def _verify(g: Graph) -> None:
         _fail(f"vertex groups cover {int(g.start[-1] + g.size[-1])} vertices, columns have {V}")
     if np.any(g.res <= 0):
         _fail("a group has a non-positive resolution")
-    for k in (Kind.INPUT, Kind.STEM, Kind.HEAD):
+    for k in (Kind.INPUT, Kind.HEAD):
         if int(np.sum(g.kind == k)) != 1:
             _fail(f"expected exactly one {k.name.lower()} group")
+    stem_layers = g.op[g.kind == Kind.STEM].tolist()
+    if stem_layers != [0] and stem_layers != list(range(1, len(stem_layers) + 1)):
+        _fail(f"stem groups must be one group (layer 0) or layers 1..n in order, got {stem_layers}")
     if np.any((g.bundle_src < 0) | (g.bundle_src >= G) | (g.bundle_dst < 0) | (g.bundle_dst >= G)):
         _fail("a bundle references a group that does not exist")
     for e in range(E):

@@ -430,6 +430,13 @@ def _history_summary(events: Sequence[dict[str, Any]]) -> list[str]:
             )
         elif p == "build":
             items.append(f"build {e.get('name')} ({e.get('space')})")
+        elif p == "transfer":
+            close()
+            fresh = e.get("initialised")
+            items.append(
+                f"transfer the cells of {e.get('from')} into {e.get('to')}"
+                + (f": weights kept but for {', '.join(map(str, fresh))}" if isinstance(fresh, list) else "")
+            )
         elif p != "fold":  # folds are part of every pruning step
             close()
             items.append(str(p))

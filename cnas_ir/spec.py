@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cnas_ir.errors import InputError
+from cnas_ir.errors import InputError, shorten
+from cnas_ir.safeyaml import load_yaml
 
 __all__ = [
     "DataSpec",
@@ -27,6 +27,9 @@ __all__ = [
     "load_spec",
     "parse_spec",
 ]
+
+# A spec is a mapping of sections, each a mapping of scalars: collections nest two deep.
+SPEC_DEPTH = 2
 
 Positive = Annotated[int, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -53,6 +56,10 @@ class NasnetSpec(_Strict):
     ops_per_node: Positive = 2
     stem_multiplier: Positive = 3
     spatial_dropout: Probability = 0.1
+    # cifar: one 3x3 conv at the input's resolution. imagenet (paper §3.3): three stride-2 3x3
+    # convs, in -> S/2 -> S -> S with S = stem_multiplier x channels; the first cell reads the
+    # second conv's output as a and the stem's as b.
+    stem: Literal["cifar", "imagenet"] = "cifar"
 
 
 class DensenetSpec(_Strict):
@@ -77,7 +84,11 @@ class DensenetSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    name: Literal["digits", "synthetic", "cifar10"] = "digits"
+    """The data set: built in (``digits``, ``synthetic``), or read from the local folder
+    ``path`` (``cifar10``'s batches; ``folder``: one subfolder of images per class). ``seed``
+    draws the splits carved from the data."""
+
+    name: Literal["digits", "synthetic", "cifar10", "folder"] = "digits"
     path: str | None = None
     seed: int = 0
 
@@ -109,6 +120,8 @@ class SearchSpec(_Strict):
     criterion: Literal["taylor", "random", "weight"] = "taylor"
     saliency_batches: Positive = 100
     finetune_epochs: Annotated[int, Field(ge=0)] = 1
+    # What rho is a fraction of: the cells' parameters (the paper's) or their multiply-adds.
+    budget: Literal["params", "macs"] = "params"
 
 
 class Spec(_Strict):
@@ -144,6 +157,7 @@ class Spec(_Strict):
 
 
 def _format_error(source: str, err: ValidationError) -> str:
+    """The first validation error, naming its key and (shortened) value, and how many more."""
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -151,9 +165,10 @@ def _format_error(source: str, err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] not in ("value_error", "missing") and "input" in e:
-            msg += f" (got {e['input']!r})"
-        parts.append(f"{key}: {msg}")
-    return f"{source}: " + "; ".join(parts)
+            msg += f" (got {shorten(repr(e['input']))})"
+        parts.append(f"{key}: {shorten(msg, 160)}")
+    more = f" (and {len(parts) - 1} more)" if len(parts) > 1 else ""
+    return f"{source}: {parts[0]}{more}"
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> Spec:
@@ -170,19 +185,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a YAML spec file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such spec file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read spec file ({e.__class__.__name__}: {e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise InputError(f"{path}: not valid YAML{at}: {problem}") from None
+    """Read and validate a YAML spec file (no anchors or aliases, at most 1 MiB, two levels of
+    nesting: the schema's sections)."""
+    data = load_yaml(path, SPEC_DEPTH, "spec file")
     return parse_spec(data, str(path))

@@ -49,10 +49,11 @@ def weight_table(g: Graph) -> dict[str, WeightInfo]:
 
     for e in range(g.num_bundles):
         kind, s, t = Edge(int(g.bundle_kind[e])), int(g.bundle_src[e]), int(g.bundle_dst[e])
-        if kind in (Edge.STEM_CONV_BN, Edge.STEM_CONV):
-            add("stem.conv.weight", (size[t], size[s], 3, 3), (t, s, None, None), e)
-            if kind == Edge.STEM_CONV_BN:
-                bn("stem.bn", t, e, affine=True)
+        if kind in (Edge.STEM_CONV_BN, Edge.STEM_CONV, Edge.STEM_RELU_CONV_BN):
+            layer = int(g.op[t]) or ""  # stem.conv (one layer), stem.conv1..3 (ImageNet stem)
+            add(f"stem.conv{layer}.weight", (size[t], size[s], 3, 3), (t, s, None, None), e)
+            if kind != Edge.STEM_CONV:
+                bn(f"stem.bn{layer}", t, e, affine=True)
         elif kind == Edge.PREPROCESS:
             p = g.group_name(t)
             add(f"{p}.conv.weight", (size[t], size[s], 1, 1), (t, s, None, None), e)

@@ -79,9 +79,22 @@ def _build_nasnet(spec: Spec) -> Graph:
     assert p is not None
     gb = _Builder()
     inp = gb.group(Kind.INPUT, spec.input.channels, spec.input.size)
-    stem = gb.group(Kind.STEM, p.stem_multiplier * p.channels, spec.input.size)
-    gb.edge(Edge.STEM_CONV_BN, inp, stem)
-    prev_prev, prev = stem, stem
+    width = p.stem_multiplier * p.channels
+    if p.stem == "imagenet":
+        # Three stride-2 3x3 convs, in -> S/2 -> S -> S (paper §3.3); the first cell reads the
+        # second layer's output as a (so its d_a is a factorized reduce) and the stem's as b.
+        res = _half(spec.input.size)
+        s1 = gb.group(Kind.STEM, (width + 1) // 2, res, op=1)
+        gb.edge(Edge.STEM_CONV_BN, inp, s1)
+        s2 = gb.group(Kind.STEM, width, _half(res), op=2)
+        gb.edge(Edge.STEM_RELU_CONV_BN, s1, s2)
+        stem = gb.group(Kind.STEM, width, _half(gb.res(s2)), op=3)
+        gb.edge(Edge.STEM_RELU_CONV_BN, s2, stem)
+        prev_prev, prev = s2, stem
+    else:
+        stem = gb.group(Kind.STEM, width, spec.input.size)
+        gb.edge(Edge.STEM_CONV_BN, inp, stem)
+        prev_prev, prev = stem, stem
     cell = 0
     for stack in range(p.stacks):
         width = p.channels * 2**stack

@@ -1,7 +1,9 @@
 """stats: the paper's Table 1 for any graph, plus whole-model params and multiply-adds (SPEC §4.5).
 
 An analysis: it reads the graph and never modifies it. All counts come from the live masks,
-vectorised over bundles; nothing is computed per channel pair.
+vectorised over bundles; nothing is computed per channel pair. Per cell it also counts the
+multiply-adds per image at the spec's input size (``macs``, ``macs_live``; their ratio over the
+cells is ``rho_macs``), the unit of ``prune --budget macs``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ __all__ = ["CellStats", "Stats", "compute_stats", "format_table"]
 
 @dataclass(frozen=True)
 class CellStats:
-    """One row of Table 1. ``params`` counts the cell's operations (preprocessing included)."""
+    """One row of Table 1. ``params`` counts the cell's operations (preprocessing included);
+    ``macs`` their multiply-adds per image at the spec's input size."""
 
     index: int
     kind: str
@@ -30,6 +33,8 @@ class CellStats:
     params_live: int
     d_to_x: int
     z_to_x: int
+    macs: int
+    macs_live: int
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class Stats:
     cells: tuple[CellStats, ...]
     total: CellStats  # index 0, kind "total", width 0
     rho: float  # params_live / params over the cells
+    rho_macs: float  # macs_live / macs over the cells
     model_params: int  # stem + cells + head, one-shot
     model_params_live: int
     macs: int  # multiply-adds per image, one-shot
@@ -45,11 +51,16 @@ class Stats:
     edges_live: int
 
     def to_json(self) -> dict[str, object]:
-        """The ``--json`` document of SPEC §7: ``cells`` rows and a ``total`` with ``rho``."""
+        """The ``--json`` document of SPEC §7 and §9. ``cells``: one row per cell with the keys
+        ``index``, ``kind``, ``width``, ``x``, ``y``, ``params``, ``x_live``, ``params_live``,
+        ``d_to_x``, ``z_to_x``, ``macs``, ``macs_live``; ``total``: the same keys but the first
+        three, plus ``rho`` (cell params live / one-shot) and ``rho_macs`` (cell multiply-adds
+        live / one-shot); ``model``: whole-model params, multiply-adds and channel edges."""
         total = asdict(self.total)
         for k in ("index", "kind", "width"):
             total.pop(k)
         total["rho"] = self.rho
+        total["rho_macs"] = self.rho_macs
         return {
             "cells": [asdict(c) for c in self.cells],
             "total": total,
@@ -83,7 +94,9 @@ def _counts(g: Graph, alive: np.ndarray | None) -> tuple[np.ndarray, np.ndarray,
     params = pair * s * t + per_src * s + per_dst * t
     r = np.where(at_src == 1, g.res[g.bundle_src], g.res[g.bundle_dst]).astype(np.int64)
     macs = (m_pair * s * t + m_src * s) * np.where(spatial == 1, r * r, 1)
-    edges = np.where(np.isin(g.bundle_kind, _DENSE_KINDS), s * t, t)
+    # Dense bundles join every src channel to every dst channel; the others (identities, sums,
+    # concatenations: a z is one part of its c) join each src channel to one dst channel.
+    edges = np.where(np.isin(g.bundle_kind, _DENSE_KINDS), s * t, s)
     copy = np.flatnonzero(g.bundle_kind == Edge.COPY)
     if copy.size:
         edges[copy] = _copy_edges(g, alive, copy)
@@ -115,6 +128,8 @@ def compute_stats(g: Graph) -> Stats:
     ncell = int(g.cell.max()) + 1
     cell_params = np.bincount(bundle_cell[in_cell], weights=p_full[in_cell], minlength=ncell).astype(np.int64)
     cell_params_live = np.bincount(bundle_cell[in_cell], weights=p_live[in_cell], minlength=ncell).astype(np.int64)
+    cell_macs = np.bincount(bundle_cell[in_cell], weights=m_full[in_cell], minlength=ncell).astype(np.int64)
+    cell_macs_live = np.bincount(bundle_cell[in_cell], weights=m_live[in_cell], minlength=ncell).astype(np.int64)
 
     vg = g.vertex_group
     x = g.x_ids
@@ -140,6 +155,8 @@ def compute_stats(g: Graph) -> Stats:
             params_live=int(cell_params_live[c.index]),
             d_to_x=int(d_to_x[c.index]),
             z_to_x=int(z_to_x[c.index]),
+            macs=int(cell_macs[c.index]),
+            macs_live=int(cell_macs_live[c.index]),
         )
         for c in g.cells
     )
@@ -149,13 +166,14 @@ def compute_stats(g: Graph) -> Stats:
         width=0,
         **{
             k: sum(getattr(r, k) for r in rows)
-            for k in ("x", "y", "params", "x_live", "params_live", "d_to_x", "z_to_x")
+            for k in ("x", "y", "params", "x_live", "params_live", "d_to_x", "z_to_x", "macs", "macs_live")
         },
     )
     return Stats(
         cells=rows,
         total=total,
         rho=total.params_live / total.params if total.params else 1.0,
+        rho_macs=total.macs_live / total.macs if total.macs else 1.0,
         model_params=int(p_full.sum()),
         model_params_live=int(p_live.sum()),
         macs=int(m_full.sum()),
@@ -176,6 +194,8 @@ _COLUMNS = (
     ("# params*", "params_live"),
     ("|d->x|", "d_to_x"),
     ("|z->x|", "z_to_x"),
+    ("# MACs", "macs"),
+    ("# MACs*", "macs_live"),
 )
 
 
@@ -198,7 +218,8 @@ def format_table(stats: Stats, markdown: bool = False) -> str:
     header = [h for h, _ in _COLUMNS]
     rows = [_cells_of(r) for r in (*stats.cells, stats.total)]
     footer = (
-        f"rho = {stats.rho:.6f} (cell params live / one-shot); model params {stats.model_params_live:,} "
+        f"rho = {stats.rho:.6f} (cell params live / one-shot); rho_macs = {stats.rho_macs:.6f} (cell "
+        f"multiply-adds live / one-shot); model params {stats.model_params_live:,} "
         f"of {stats.model_params:,}; multiply-adds per image {stats.macs_live:,} of {stats.macs:,}"
     )
     if markdown:

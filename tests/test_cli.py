@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from cnas_ir.cli import main
 from helpers import EXAMPLES
+from helpers import run_cli as run
 
-CELL_KEYS = {"index", "kind", "width", "x", "y", "params", "x_live", "params_live", "d_to_x", "z_to_x"}
-
-
-def run(args, cwd, capsys=None):
-    """Run the CLI in-process in ``cwd``; returns (exit code, stdout, stderr)."""
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        code = main(list(args))
-    finally:
-        os.chdir(old)
-    out, err = capsys.readouterr()
-    return code, out, err
+# SPEC §7's keys, and §9's multiply-adds (issue 18)
+CELL_KEYS = {"index", "kind", "width", "x", "y", "params", "x_live", "params_live", "d_to_x", "z_to_x", "macs",
+             "macs_live"}  # fmt: skip
 
 
 def test_build_stats_dump_chain_in_fresh_folder(tmp_path, capsys):
@@ -34,8 +23,8 @@ def test_build_stats_dump_chain_in_fresh_folder(tmp_path, capsys):
     doc = json.loads(out)
     assert code == 0
     assert all(set(c) == CELL_KEYS for c in doc["cells"])
-    assert set(doc["total"]) == CELL_KEYS - {"index", "kind", "width"} | {"rho"}
-    assert doc["total"]["rho"] == 1.0
+    assert set(doc["total"]) == CELL_KEYS - {"index", "kind", "width"} | {"rho", "rho_macs"}
+    assert doc["total"]["rho"] == 1.0 and doc["total"]["rho_macs"] == 1.0
     code, out, _ = run(["stats", "--markdown"], tmp_path, capsys)
     assert code == 0 and out.startswith("| cell | kind | C | |X| |")
     code, out, _ = run(["dump"], tmp_path, capsys)

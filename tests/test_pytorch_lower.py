@@ -22,7 +22,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def nasnet_graph(
-    channels: int = 4, stacks: int = 3, cells: int = 1, nodes: int = 3, ops: int = 2, dropout: float = 0.0
+    channels: int = 4,
+    stacks: int = 3,
+    cells: int = 1,
+    nodes: int = 3,
+    ops: int = 2,
+    dropout: float = 0.0,
+    stem: str = "cifar",
 ) -> Graph:
     nas = {
         "channels": channels,
@@ -31,6 +37,7 @@ def nasnet_graph(
         "nodes_per_cell": nodes,
         "ops_per_node": ops,
         "spatial_dropout": dropout,
+        "stem": stem,
     }
     return build_graph(parse_spec({"name": "t", "input": {"size": SIZE}, "nasnet": nas}))
 
@@ -140,6 +147,8 @@ def logits(m: CnasModule, x: torch.Tensor) -> torch.Tensor:
 SPACES = {
     "nasnet": lambda: nasnet_graph(),
     "nasnet-2x2": lambda: nasnet_graph(channels=6, stacks=2, cells=2, nodes=2, ops=1),
+    # three stride-2 stem layers (8 -> 4 -> 2 -> 1); the first cell's d_a a factorized reduce
+    "nasnet-imagenet": lambda: nasnet_graph(channels=6, stacks=2, cells=2, nodes=2, stem="imagenet"),
     "densenet": lambda: densenet_graph(10),
     "densenet-16": lambda: densenet_graph(16),
 }

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -20,7 +19,6 @@ import numpy as np
 import pytest
 
 import cnas_ir
-from cnas_ir.cli import main
 from cnas_ir.draw import (
     MAX_CHANNEL_EDGES,
     _model,
@@ -39,6 +37,7 @@ from cnas_ir.passes.stats import compute_stats
 from cnas_ir.report import SECTIONS, build_report, pruning_trajectory
 from cnas_ir.view import cell_view, channel_edge_count
 from helpers import EXAMPLES
+from helpers import run_cli as run
 
 # ---- graphs with dead ops and dead nodes ------------------------------------------------------
 
@@ -322,17 +321,6 @@ def test_trajectory_from_metrics_when_history_has_none():
 
 
 # ---- the commands -----------------------------------------------------------------------------
-
-
-def run(args, cwd, capsys):
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        os.chdir(old)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_show_writes_every_format(tmp_path, capsys, tiny_pruned):

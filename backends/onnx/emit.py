@@ -5,7 +5,8 @@ It is built straight from ``graph.weights`` with :class:`~cnas_ir.backends.onnx.
 applying the inference rewrites of :mod:`cnas_ir.backends.onnx.fusion` on the way:
 
 NASNet
-  - stem: Conv3x3 with its BN (affine) folded in (weight scaled, bias added);
+  - stem: Conv3x3 with its BN (affine) folded in (weight scaled, bias added); the ImageNet stem
+    three stride-2 ones, a ReLU before the second and third;
   - d_a, d_b: Conv1x1 (factorized reduce: two stride-2 Conv1x1, the second over the input
     shifted by one pixel, i.e. a Slice and an end pad of 1) with the BN (affine=False) folded;
   - ReLU once per state: ``relu(d_a)``, ``relu(d_b)`` and ``relu(z_k)`` are computed once,
@@ -64,7 +65,7 @@ from cnas_ir.backends.onnx.builder import (
     value_info,
 )
 from cnas_ir.backends.onnx.fusion import bn_scale_shift, fold_bn_into_conv, merge_node_ops
-from cnas_ir.ir import Cell, Edge, Graph, Op
+from cnas_ir.ir import Cell, Edge, Graph, Kind, Op
 from cnas_ir.passes.plan import NodePlan, compact_keep, nasnet_plan, op_computes
 from cnas_ir.weights import compact, weight_table
 
@@ -329,8 +330,17 @@ class _Emitter:
     # ---- NASNet -----------------------------------------------------------------------------
 
     def nasnet(self, x: _T) -> str:
-        stem = self.folded_conv(x, self.w("stem.conv.weight"), self.bn("stem.bn", affine=True), "stem.conv")
-        prev_prev = prev = stem
+        layers = np.flatnonzero(self.g.kind == Kind.STEM)
+        if len(layers) == 1:
+            stem = self.folded_conv(x, self.w("stem.conv.weight"), self.bn("stem.bn", affine=True), "stem.conv")
+            prev_prev = prev = stem
+        else:  # ImageNet stem: stride-2 convs, a ReLU before all but the first; the cells read the last two
+            outs: list[_T] = []
+            for i in range(1, len(layers) + 1):
+                h = x if i == 1 else self.relu(outs[-1])
+                w, bn = self.w(f"stem.conv{i}.weight"), self.bn(f"stem.bn{i}", affine=True)
+                outs.append(self.folded_conv(h, w, bn, f"stem.conv{i}", stride=2))
+            prev_prev, prev = outs[-2], outs[-1]
         cells = self.g.cells
         for i, cell in enumerate(cells, 1):
             prev_prev, prev = prev, self.nasnet_cell(cell, prev_prev, prev, relu_out=i < len(cells))

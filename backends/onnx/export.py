@@ -6,6 +6,11 @@ BatchNorm folded, a node's ops merged into one pointwise conv, ReLU once per sta
 per node, no dead initializers), optionally checks it (:func:`check_onnx`), and writes it
 atomically: the file appears whole or not at all.
 
+The model's metadata (``metadata_props``) carries what evaluating it needs
+(:mod:`cnas_ir.backends.onnx.evaluate`, ``cnas-ir eval MODEL.onnx``): ``cnas-ir.spec``, the whole
+validated spec as canonical JSON (data set, input, classes), and ``cnas-ir.data``, the graph's
+``Graph.data`` as JSON (data set name, per-channel normalisation mean and std, class names).
+
 The check is ``onnx.checker.check_model(full_check=True)`` followed by onnxruntime (CUDA where
 a GPU is usable, else CPU) against the PyTorch compact module
 (``lower(graph, "compact").eval()``) on random inputs at batch 1 and 7, with
@@ -15,6 +20,7 @@ not written.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -25,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from cnas_ir import __version__
 from cnas_ir.backends.onnx.emit import INPUT_NAME, EmitStats, emit_model
 from cnas_ir.errors import InputError, RunFailure
 from cnas_ir.format import atomic_write
@@ -33,8 +40,22 @@ from cnas_ir.passes.fold import fold
 from cnas_ir.passes.stats import compute_stats
 from cnas_ir.weights import weight_table
 
-__all__ = ["MIN_OPSET", "CheckReport", "ExportReport", "check_onnx", "export", "initial_weights"]
+__all__ = [
+    "META_DATA",
+    "META_PRODUCER",
+    "META_SPEC",
+    "MIN_OPSET",
+    "CheckReport",
+    "ExportReport",
+    "check_onnx",
+    "export",
+    "initial_weights",
+    "session",
+]
 
+META_SPEC = "cnas-ir.spec"  # metadata_props keys (module docstring)
+META_DATA = "cnas-ir.data"
+META_PRODUCER = "cnas-ir.producer"
 MIN_OPSET = 17
 RTOL = 1e-4
 ATOL = 1e-5
@@ -158,12 +179,18 @@ def _require_weights(graph: Graph, allow_untrained: bool, seed: int) -> tuple[Gr
 # ---- check ----------------------------------------------------------------------------------
 
 
-def _session(model: bytes) -> tuple[Any, str]:
-    """An onnxruntime session on CUDA when a GPU is usable, else CPU; and the provider used."""
+def session(model: bytes, device: str = "auto") -> tuple[Any, str]:
+    """An onnxruntime session and the provider it runs on: ``auto`` CUDA when a GPU is usable,
+    else CPU; ``cpu``; ``cuda`` (an :class:`InputError` when onnxruntime cannot use one)."""
     import onnxruntime as ort
 
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device {device!r}: expected auto, cpu or cuda")
+    cuda = device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_usable()
+    if device == "cuda" and not cuda:
+        raise InputError(f"--device cuda: this onnxruntime {ort.__version__} has no usable CUDA provider here")
     providers: list[Any] = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_usable():
+    if cuda:
         # TF32 would round conv inputs to 10 mantissa bits: far outside rtol 1e-4.
         providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
     options = ort.SessionOptions()
@@ -219,7 +246,7 @@ def check_onnx(
     with torch.no_grad():
         refs = [module(torch.from_numpy(x)).numpy().astype(np.float64) for x in xs]
     del module
-    sess, provider = _session(data)
+    sess, provider = session(data)
     max_abs = max_rel = 0.0
     passed = True
     for x, ref in zip(xs, refs, strict=True):
@@ -291,6 +318,14 @@ def export(
     g, untrained = _require_weights(g, allow_untrained, seed)
     doc = f"cnas-ir export of {graph.spec.name!r} ({graph.spec.space}), compact eval-mode network"
     model, stats = emit_model(g, opset=opset, channel_multiple=channel_multiple, doc=doc)
+    onnx.helper.set_model_props(
+        model,
+        {
+            META_SPEC: graph.spec.to_json(),
+            META_DATA: json.dumps(g.data, sort_keys=True),
+            META_PRODUCER: f"cnas-ir {__version__}",
+        },
+    )
     data = model.SerializeToString()
     report = check_onnx(model, g, batches=batches, rtol=rtol, atol=atol, seed=seed) if check else None
     if report is not None and not report.passed:

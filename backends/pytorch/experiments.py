@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 import cnas_ir
 from cnas_ir.errors import InputError
@@ -39,6 +38,8 @@ from cnas_ir.ir import Graph
 from cnas_ir.passes.fold import fold
 from cnas_ir.passes.prune import min_feasible_rho, prune_to_rho
 from cnas_ir.passes.stats import compute_stats
+from cnas_ir.safeyaml import load_yaml
+from cnas_ir.spec import SPEC_DEPTH
 
 __all__ = [
     "EXPERIMENTS_DIR",
@@ -53,6 +54,8 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = ROOT / "experiments"
 KINDS = ("fig2b", "fig3", "fig2a", "densenet")
+# An experiment file nests: smoke -> arms -> arm -> spec -> section (see experiments/fig3.yaml).
+EXPERIMENT_DEPTH = 6
 
 Say = Callable[[str], None]
 
@@ -114,8 +117,7 @@ def load_experiment(name: str, *, smoke: bool = False, data: str | None = None) 
     (``NAME[:PATH]``, as ``--data``) replaces the dataset, with ``cifar10`` setting the input to
     3 x 32 x 32 and merging the file's ``cifar10`` section."""
     path = find_experiment(name)
-    with open(path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
+    config = load_yaml(path, EXPERIMENT_DEPTH, "experiment file") or {}
     if not isinstance(config, dict):
         raise InputError(f"{path}: expected a mapping")
     kind = config.get("kind")
@@ -127,8 +129,7 @@ def load_experiment(name: str, *, smoke: bool = False, data: str | None = None) 
     if not base:
         raise InputError(f"{path}: 'base' (the base spec, a path relative to the repository) is required")
     base_path = Path(base) if Path(base).is_absolute() else path.parent.parent / base
-    with open(base_path, encoding="utf-8") as f:
-        spec = yaml.safe_load(f)
+    spec = load_yaml(base_path, SPEC_DEPTH, "spec file")
     spec = _merge(spec, config.get("spec") or {})
     if data is not None:
         from cnas_ir.backends.pytorch.data import parse_data_option

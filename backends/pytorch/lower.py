@@ -33,6 +33,7 @@ mask tensors are non-persistent buffers: they move with ``.to(device)`` but are 
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnas_ir.ir import Cell, Edge, Graph, Op
+from cnas_ir.ir import Cell, Edge, Graph, Kind, Op
 from cnas_ir.passes.fold import live_closure
 from cnas_ir.passes.plan import CellPlan, OpPart, OpPlan, Read, compact_keep, nasnet_plan, op_computes
 from cnas_ir.weights import WeightInfo, live_index, weight_table
@@ -140,6 +141,23 @@ class _Stem(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
         return x if self.bn is None else self.bn(x)
+
+
+class _ImagenetStem(nn.Module):
+    """The ImageNet stem (paper §3.3): three stride-2 Conv3x3 (pad 1, no bias) + BN(affine), a
+    ReLU before the second and third. (N, in, H, W) -> (a, b): the second layer's output (the
+    first cell's a, at H/4) and the third's (the stem's output, the first cell's b, at H/8)."""
+
+    def __init__(self, widths: list[int]) -> None:
+        super().__init__()
+        for i, (cin, cout) in enumerate(itertools.pairwise(widths), 1):
+            self.add_module(f"conv{i}", nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False))
+            self.add_module(f"bn{i}", nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        s1 = self.bn1(self.conv1(x))
+        s2 = self.bn2(self.conv2(F.relu(s1)))
+        return s2, self.bn3(self.conv3(F.relu(s2)))
 
 
 class _Preprocess(nn.Module):
@@ -778,18 +796,23 @@ class CnasModule(nn.Module):
         self._keep = keep  # bool[V]: vertices that exist as weight rows/columns
 
     def forward(self, x: Tensor) -> Tensor:
-        s = self.stem(x)
         if self.space == "densenet":
+            s = self.stem(x)
             for cell in self._cells():
                 s = cell(s)
             return self.head(s)
+        # The first cell's inputs a and b: both the stem's output, or (ImageNet stem) its last two
+        # layers' outputs.
+        s = self.stem(x)
+        a, b = s if isinstance(s, tuple) else (s, s)
         cells = self._cells()
         if not any(_hooked(c) for c in cells):
             # Each cell's output goes to the next cells' preprocessing, which starts with a ReLU,
             # so the fused and buffered paths hand on ReLU'd outputs; only the head reads raw ones.
             if all(c.fusable() for c in cells):
                 # A cell also runs the next one's d_a (a 1x1 conv of the same input as its d_b).
-                prev_prev = prev = F.relu(s)
+                prev = F.relu(b)
+                prev_prev = prev if a is b else F.relu(a)  # the fused path shares a's conv with b's
                 d_a = None
                 for i, cell in enumerate(cells, 1):
                     after = cells[i] if i < len(cells) else None
@@ -800,11 +823,12 @@ class CnasModule(nn.Module):
                     prev_prev, prev = prev, out
                 return self.head(prev)
             if all(c.bufferable() for c in cells):
-                prev_prev = prev = F.relu(s)
+                prev = F.relu(b)
+                prev_prev = prev if a is b else F.relu(a)
                 for i, cell in enumerate(cells, 1):
                     prev_prev, prev = prev, run_cell(cell, prev_prev, prev, relu_out=i < len(cells))
                 return self.head(prev)
-        prev_prev, prev = s, s
+        prev_prev, prev = a, b
         for cell in cells:
             prev_prev, prev = prev, cell(prev_prev, prev)
         return self.head(prev)
@@ -1079,7 +1103,10 @@ def _build(graph: Graph, mode: Mode, keep: np.ndarray) -> CnasModule:
     classes = int(graph.size[head_grp])
     if spec.space == "nasnet":
         assert spec.nasnet is not None
-        module.stem = _Stem(in_ch, stem_ch, bn=True)
+        if spec.nasnet.stem == "imagenet":
+            module.stem = _ImagenetStem([in_ch] + [int(graph.size[t]) for t in np.flatnonzero(graph.kind == Kind.STEM)])
+        else:
+            module.stem = _Stem(in_ch, stem_ch, bn=True)
         plans = nasnet_plan(graph, keep)
         pool = Pool()
         for cell, plan in zip(graph.cells, plans, strict=True):

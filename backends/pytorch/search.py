@@ -1,5 +1,6 @@
 """The search (CNAS §2.2), end to end: one-shot training if needed, then score -> prune ->
-fine-tune until the cells fit rho.
+fine-tune until the cells fit rho -- of their parameters (the paper's budget) or of their
+multiply-adds per image (``budget="macs"``).
 
 The loop itself is :func:`cnas_ir.passes.prune.prune_to_rho` (numpy only); this module supplies
 the PyTorch steps: Taylor saliency, one-epoch fine-tuning between iterations, and the
@@ -20,7 +21,14 @@ from typing import Any
 
 from cnas_ir.errors import InputError
 from cnas_ir.ir import Graph
-from cnas_ir.passes.prune import Iteration, check_rho, prune_to_rho, random_saliency, weight_saliency
+from cnas_ir.passes.prune import (
+    Iteration,
+    check_budget,
+    check_rho,
+    prune_to_rho,
+    random_saliency,
+    weight_saliency,
+)
 from cnas_ir.rundir import RunDir
 
 __all__ = ["SearchSettings", "search"]
@@ -46,6 +54,7 @@ class SearchSettings:
     device: str = "auto"
     amp: str = "off"  # off | bf16: autocast for training, fine-tuning and saliency
     channels_last: bool = True  # NHWC weights and batches: the faster layout here (BENCHMARKS.md)
+    budget: str = "params"  # params | macs: what rho is a fraction of (cnas_ir.passes.prune)
 
 
 def search(
@@ -68,10 +77,12 @@ def search(
         say = lambda _: None  # noqa: E731 -- the other ranks run the same search silently
     if s.criterion not in ("taylor", "random", "weight"):
         raise InputError(f"--criterion {s.criterion!r}: choose taylor, random or weight")
-    check_rho(graph, s.rho)  # refuse before any training, not after
+    check_budget(s.budget)
+    check_rho(graph, s.rho, s.budget)  # refuse before any training, not after
     if s.criterion == "weight" and not graph.weights:
         raise InputError("the weight criterion needs trained weights: run `cnas-ir train` first")
-    say(f"pruning to rho {s.rho} ({s.criterion}, gamma {s.gamma}, fine-tuning {s.finetune_epochs} epoch(s))")
+    budget = "" if s.budget == "params" else ", budget macs"
+    say(f"pruning to rho {s.rho} ({s.criterion}, gamma {s.gamma}, fine-tuning {s.finetune_epochs} epoch(s){budget})")
     needs_data = s.criterion == "taylor" or (s.finetune_epochs > 0 and (graph.weights or s.criterion == "taylor"))
 
     def splits() -> Any:
@@ -125,13 +136,15 @@ def search(
             from cnas_ir.backends.pytorch.train import evaluate
 
             acc = f", val acc {evaluate(g, 'val', data=splits(), device=s.device)['accuracy']:.2%}"
+        macs = f", cell multiply-adds {it.macs_live:,}, rho_macs {it.rho_macs:.4f}" if it.budget == "macs" else ""
         say(
             f"iteration {it.index}: removed {it.removed:,} x, {it.x_live:,} left, "
-            f"cell params {it.params_live:,}, rho {it.rho:.4f}{acc}"
+            f"cell params {it.params_live:,}, rho {it.rho:.4f}{macs}{acc}"
         )
         if run is not None and _rank0():
             run.log({"cmd": "prune", "iteration": it.index, "removed": it.removed, "x_live": it.x_live,
-                     "params_live": it.params_live, "rho": it.rho})  # fmt: skip
+                     "params_live": it.params_live, "rho": it.rho, "budget": it.budget, "macs_live": it.macs_live,
+                     "rho_macs": it.rho_macs})  # fmt: skip
 
     return prune_to_rho(
         graph,
@@ -141,4 +154,5 @@ def search(
         finetune=finetune if finetune_epochs > 0 else None,
         on_iteration=report,
         criterion=s.criterion,
+        budget=s.budget,
     )

@@ -19,6 +19,12 @@ count and a fingerprint of the starting graph and settings. No pickle and no ``t
 loading a checkpoint executes nothing. ``resume=True`` continues from it and refuses a
 checkpoint of another graph, spec, dataset or seed.
 
+Data: a split in memory (a :class:`~.data.Split`) is indexed and augmented as whole batches on
+the device; a streamed image folder (a :class:`~.data.StreamSplit`) is decoded and augmented per
+image in DataLoader workers, its epoch order the same seeded permutation, sharded by a
+DistributedSampler under torchrun, its draws seeded per (epoch, image). The trained graph keeps
+the data's name, normalisation and class names (``Graph.data``).
+
 Metrics: one JSON line per epoch in the run's ``metrics.jsonl``: ``{"cmd": "train", "epoch",
 "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}``.
 
@@ -64,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
+from torch.utils.data import BatchSampler
 
 from cnas_ir.errors import CnasError, InputError, RunFailure
 from cnas_ir.format import atomic_write
@@ -72,7 +79,7 @@ from cnas_ir.rundir import RunDir
 from cnas_ir.spec import TrainSpec
 
 from . import distributed
-from .data import Augment, Split, Splits, load_dataset
+from .data import AnySplit, Augment, ShardSampler, Split, Splits, StreamSplit, load_dataset
 
 __all__ = [
     "AMP",
@@ -81,6 +88,7 @@ __all__ = [
     "autocast",
     "cosine_lr",
     "cpu_threads",
+    "eval_batches",
     "evaluate",
     "evaluate_module",
     "pick_device",
@@ -320,7 +328,7 @@ def _load_checkpoint(path: Path, module: torch.nn.Module, opt: torch.optim.Optim
 @torch.no_grad()
 def evaluate_module(
     module: torch.nn.Module,
-    split: Split,
+    split: AnySplit,
     device: torch.device,
     batch_size: int = _EVAL_BATCH,
     *,
@@ -338,11 +346,10 @@ def evaluate_module(
     # loss, correct, n: float64 holds the counts exactly, and one reduction carries all three
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     start, step = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
-    images, labels = split.images[start::step], split.labels[start::step]  # views, no copies
-    n = len(labels)
-    for i in range(0, n, batch_size):
-        x = images[i : i + batch_size].to(device, non_blocking=True)
-        y = labels[i : i + batch_size].to(device, non_blocking=True)
+    n = len(range(start, len(split), step))
+    for x, y in eval_batches(split, start, step, batch_size, pin_memory=device.type == "cuda"):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = module(x)
         sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
@@ -353,6 +360,33 @@ def evaluate_module(
     module.train(was_training)
     loss, correct, total = sums.tolist()
     return {"loss": loss / max(total, 1), "accuracy": int(correct) / max(total, 1), "n": int(total)}
+
+
+def eval_batches(
+    split: AnySplit, start: int = 0, step: int = 1, batch_size: int = _EVAL_BATCH, *, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images float32 [n, C, H, W], labels int64 [n]) on the CPU, in order, of every
+    ``step``-th image of ``split`` from ``start``: slices of a split in memory (views, no
+    copies), decoded evaluation crops of a streamed one."""
+    if isinstance(split, StreamSplit):
+        yield from split.batches(BatchSampler(range(start, len(split), step), batch_size, False), pin_memory=pin_memory)
+        return
+    images, labels = split.images[start::step], split.labels[start::step]  # views, no copies
+    for i in range(0, len(labels), batch_size):
+        yield images[i : i + batch_size], labels[i : i + batch_size]
+
+
+def _memory_batches(
+    split: Split, own: torch.Tensor, bs: int, iters: int, dev: torch.device, aug: Augment, gen: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An epoch's training batches of a split in memory: this rank's indices ``own`` in chunks
+    of ``bs``, gathered on the device and augmented there with draws from ``gen``."""
+    for it in range(iters):
+        idx = own[it * bs : (it + 1) * bs].to(dev)
+        x, y = split.images[idx], split.labels[idx]
+        if aug.active:
+            x = aug(x, gen)
+        yield x, y
 
 
 def evaluate(
@@ -372,7 +406,8 @@ def evaluate(
 
     if not graph.weights:
         raise InputError("the graph has no weights to evaluate: train it first (`cnas-ir train`)")
-    splits = data if data is not None else load_dataset(graph.spec)
+    # an image folder: normalised as the graph was trained, and refused unless of its classes
+    splits = data if data is not None else load_dataset(graph.spec, stats=graph.data, classes=graph.data.get("classes"))
     dev = pick_device(device)
     module = lower(graph, "compact")  # loads graph.weights
     with cpu_threads(dev, graph, threads):
@@ -485,7 +520,7 @@ def train(
     if amp not in AMP:
         raise InputError(f"--amp {amp!r}: expected one of {', '.join(AMP)}")
     seed = recipe.seed if seed is None else seed
-    splits = data if data is not None else load_dataset(graph.spec)
+    splits = data if data is not None else load_dataset(graph.spec, stats=graph.data)
     aug = splits.augment if augment is None else augment
     dev = pick_device(device)
     world, rank0 = distributed.world_size(), distributed.is_rank0()
@@ -519,7 +554,7 @@ def train(
         n = len(train_split)
         net: torch.nn.Module = module
         if world > 1:
-            unused = _unused_parameters(module, train_split.images[:2].contiguous(**layout))
+            unused = _unused_parameters(module, train_split.images[:2].to(dev).contiguous(**layout))
             # BN statistics stay per rank during an epoch (averaged after it), not re-sent from
             # rank 0 before every forward; torch >= 2.13 spells that forward_sync_buffers.
             no_buffer_sync = (
@@ -550,11 +585,17 @@ def train(
                 net.train()
                 sums = torch.zeros(2, dtype=torch.float64, device=dev)  # loss * images, correct
                 lr = recipe.lr
-                for it in range(iters):
-                    idx = own[it * bs : (it + 1) * bs].to(dev)
-                    x, y = train_split.images[idx], train_split.labels[idx]
-                    if aug.active:
-                        x = aug(x, gen_aug)
+                if isinstance(train_split, StreamSplit):
+                    batches = train_split.batches(
+                        BatchSampler(ShardSampler(perm), bs, drop_last=False),
+                        augment=aug,
+                        seed=_derive(seed, epoch, _stream("augment")),
+                        pin_memory=dev.type == "cuda",
+                    )
+                else:
+                    batches = _memory_batches(train_split, own, bs, iters, dev, aug, gen_aug)
+                for it, (xb, yb) in enumerate(batches):
+                    x, y = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     lr = cosine_lr(epoch + it / iters, recipe)
@@ -603,7 +644,7 @@ def train(
             val = evaluate_module(module, splits.val, dev, shard=world > 1, amp=amp)
             test = evaluate_module(module, splits.test, dev, shard=world > 1, amp=amp)
         module.cpu()
-        out = to_graph(graph, module)
+        out = to_graph(graph, module).replace(data=splits.meta)
         event: dict[str, Any] = {
             "pass": "train",
             "epochs": epochs,
