@@ -92,6 +92,12 @@ def cli(ctx: click.Context, run_dir: Path | None, debug: bool) -> None:
       cnas-ir eval cnas-run/004-train.onnx # the exported model in onnxruntime
 
     \b
+    Elsewhere and at other budgets:
+      cnas-ir transfer cnas-run/004-train.cnas examples/nasnet-imagenet.yaml
+      cnas-ir prune --rho 0.46 --budget macs   # rho of the cells' multiply-adds
+      cnas-ir build big.yaml --dry-run         # sizes and memory; nothing built
+
+    \b
     Your own images (one subfolder per class; data: {name: folder, path: DIR} in the spec):
       cnas-ir train --data folder:photos --workers 8
 
