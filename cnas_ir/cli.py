@@ -374,16 +374,47 @@ def _process_group(device: str) -> Iterator[bool]:
         yield distributed.is_rank0()
 
 
-def _prelaunch_checks(ctx: Context, artifact: str | None, data: str | None, out: str | None) -> None:
+def _prelaunch_checks(
+    ctx: Context, artifact: str | None, data: str | None, out: str | None, device: str, force: bool, nproc: int
+) -> None:
     """The input errors a relaunched command would meet, found here in one line each: the
-    output path, the artifact (read and verified), and the data set (its name, a cifar10 folder,
-    whether it fits the spec; no data is read)."""
+    output path, the artifact (read and verified), the data set (its name, a cifar10 folder,
+    whether it fits the spec; no data is read) and the memory of a training step."""
     from cnas_ir.backends.pytorch.data import check_data, parse_data_option
 
     _check_out(out)
     name, path = parse_data_option(data) if data is not None else (None, None)
     _, graph = _load(ctx, artifact)
     check_data(graph.spec, name, path)
+    _check_memory(graph, device, force, world=nproc)
+
+
+_FORCE_HELP = "Train even when a training step's estimated memory exceeds what the device has available."
+
+
+def _check_memory(graph: Any, device: str, force: bool, world: int | None = None) -> None:
+    """Refuse, in one line naming the largest batch that fits, a training step whose estimated
+    memory (activations at the spec's batch size and input size, weights, gradients, momentum)
+    exceeds what the device has available; ``--force`` skips it. ``world``: processes about to
+    be launched on this node (default: those of this run)."""
+    if force:
+        return
+    from cnas_ir.backends.pytorch import distributed
+    from cnas_ir.backends.pytorch.memory import available_bytes
+    from cnas_ir.backends.pytorch.train import pick_device
+    from cnas_ir.estimate import check_training_memory, live_fraction
+
+    dev = pick_device(device)
+    if world is None:
+        world = distributed.world_size() if distributed.launched_by_torchrun() else 1
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    else:
+        local = world
+    available, where = available_bytes(dev)
+    check_training_memory(
+        graph.spec, available, where, fraction=live_fraction(graph), world=world,
+        processes=local if dev.type == "cpu" else 1,
+    )  # fmt: skip
 
 
 @cli.command()
@@ -410,11 +441,12 @@ def _prelaunch_checks(ctx: Context, artifact: str | None, data: str | None, out:
     help="Run the training step under torch.compile (minutes of compilation first; BENCHMARKS.md: when it pays).",
 )
 @click.option("--workers", type=click.IntRange(min=0), metavar="N", help=_WORKERS_HELP)
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @pass_ctx
 def train(
     ctx: Context, artifact: str | None, epochs: int | None, data: str | None, reinit: bool, device: str,
     out: str | None, resume: bool, nproc: int | None, amp: str, layout: str, old_channels_last: bool,
-    compile_: bool, workers: int | None,
+    compile_: bool, workers: int | None, force: bool,
 ) -> None:  # fmt: skip
     """Train ARTIFACT's network with the spec's recipe (SGD, Nesterov, cosine warm restarts).
 
@@ -435,11 +467,12 @@ def train(
     layout = "channels-last" if old_channels_last else layout
 
     if nproc is not None and nproc > 1:
-        _prelaunch_checks(ctx, artifact, data, out)
+        _prelaunch_checks(ctx, artifact, data, out, device, force, nproc)
         _torchrun(ctx, nproc)
         return
     _check_out(out)  # before hours of training, not after
     src, graph = _load(ctx, artifact)
+    _check_memory(graph, device, force)
     splits = _load_data(graph, data, workers)
     t0 = time.perf_counter()
     with _process_group(device) as rank0:
@@ -551,12 +584,13 @@ def evaluate(
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", show_default=True, help=_AMP_HELP)
 @_layout_option
 @click.option("--workers", type=click.IntRange(min=0), metavar="N", help=_WORKERS_HELP)
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @pass_ctx
 def prune(
     ctx: Context, artifact: str | None, rho: float | None, budget: str | None, gamma: float | None,
     criterion: str | None, seed: int, finetune_epochs: int | None, saliency_batches: int | None, data: str | None,
     device: str, out: str | None, as_json: bool, nproc: int | None, amp: str, layout: str, old_channels_last: bool,
-    workers: int | None,
+    workers: int | None, force: bool,
 ) -> None:  # fmt: skip
     """Search: prune ARTIFACT's x vertices, least salient first, until the cells fit rho.
 
@@ -583,7 +617,7 @@ def prune(
     layout = "channels-last" if old_channels_last else layout
 
     if nproc is not None and nproc > 1:
-        _prelaunch_checks(ctx, artifact, data, out)
+        _prelaunch_checks(ctx, artifact, data, out, device, force, nproc)
         _torchrun(ctx, nproc)
         return
     _check_out(out)
@@ -601,6 +635,8 @@ def prune(
         amp=amp,
         channels_last=layout == "channels-last",
     )
+    if settings.criterion == "taylor" or settings.finetune_epochs > 0:  # else no training step
+        _check_memory(graph, device, force)
     # An image folder is loaded here so that it is normalised as the artifact was trained.
     folder = graph.spec.data.name == "folder" or workers is not None
     splits = _load_data(graph, data, workers) if data is not None or folder else None

@@ -27,7 +27,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from cnas_ir.errors import InputError, shorten
+from cnas_ir.ir import Graph
 from cnas_ir.spec import DensenetSpec, NasnetSpec, Spec
 
 __all__ = [
@@ -37,8 +40,12 @@ __all__ = [
     "check_size",
     "estimate",
     "format_size",
+    "TrainingMemory",
+    "check_training_memory",
     "largest_contributor",
+    "live_fraction",
     "parse_size",
+    "training_memory",
 ]
 
 MAX_STACKS = 64
@@ -319,3 +326,59 @@ def check_size(spec: Spec, max_memory: int | None = None, source: str | None = N
             "(--max-memory / max_memory= moves it)"
         )
     return e
+
+
+def live_fraction(graph: Graph) -> float:
+    """The share of the one-shot network's activations a (pruned) ``graph`` still computes: its
+    live vertices weighted by the pixels each carries (res^2), over all of them."""
+    pixels = graph.res.astype(np.float64)[graph.vertex_group] ** 2
+    return float(pixels[graph.alive.astype(bool)].sum() / max(pixels.sum(), 1.0))
+
+
+# A training step also holds the weights, their gradients and SGD's momentum buffer.
+_WEIGHT_COPIES = 3
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """What one training step of a process needs, and the largest global batch that fits."""
+
+    need: int  # bytes on the device, all of this node's processes together
+    per_image: float  # activation bytes of one image
+    fixed: int  # bytes per process that do not depend on the batch (weights, gradients, momentum)
+    largest_batch: int  # the largest global batch_size whose need fits ``available`` (0: none)
+
+
+def training_memory(
+    spec: Spec, available: int, *, fraction: float = 1.0, world: int = 1, processes: int = 1
+) -> TrainingMemory:
+    """The memory of one training step at ``spec.train.batch_size``, split over ``world``
+    processes of which ``processes`` share this device (CPU processes of one node share its
+    memory; each GPU is its own), for a network computing ``fraction`` of the one-shot
+    network's activations (:func:`live_fraction`)."""
+    e = estimate(spec)
+    per_image = e.activation_bytes / e.batch_size * fraction
+    fixed = int(_WEIGHT_COPIES * e.weight_bytes * fraction)
+    per_process = -(-e.batch_size // world)
+    need = processes * int(fixed + per_image * per_process)
+    fits = (available / processes - fixed) / max(per_image, 1.0)
+    return TrainingMemory(need, per_image, fixed, max(0, int(fits)) * world)
+
+
+def check_training_memory(
+    spec: Spec, available: int, where: str, *, fraction: float = 1.0, world: int = 1, processes: int = 1
+) -> TrainingMemory:
+    """:func:`training_memory`, refused in one line (naming ``train.batch_size``, the need, what
+    is ``available`` on the device ``where`` and the largest batch that fits) when it does not fit."""
+    m = training_memory(spec, available, fraction=fraction, world=world, processes=processes)
+    if m.need > available:
+        procs = f" over {processes} processes" if processes > 1 else ""
+        fit = (
+            f"the largest batch that fits is {m.largest_batch}" if m.largest_batch > 0 else "not even a batch of 1 fits"
+        )
+        raise InputError(
+            f"{spec.name}: train.batch_size = {spec.train.batch_size} needs about {format_size(m.need)} for a "
+            f"training step{procs}, and {where} has {format_size(available)} available: {fit} "
+            "(change train.batch_size, or --force to try anyway)"
+        )
+    return m
