@@ -2,7 +2,7 @@
 
 A spec pruned at random to ``--rho``, lowered compact, channels_last. Training step = zero_grad +
 forward + cross-entropy + backward; eval = forward under ``torch.no_grad()``. Compiled modules take
-the per-op path (``_NasnetCell`` docs); eager ones the buffered (training) and fused (eval)
+the per-op path (``NasnetCell`` docs); eager ones the buffered (training) and fused (eval)
 paths. Compile time is the first call's wall time; then ``--rounds`` interleaved rounds, medians::
 
     python benchmarks/bench_compile.py [--spec examples/tiny.yaml] [--rho 0.46] [--batch 64] [--rounds 5]

@@ -1,11 +1,11 @@
 """Before/after of two overheads of the fused inference path (issue 9), in one process.
 
 1. **Gather on a channels_last buffer.** Before: ``index_select`` on the (N*H*W, C) view; after:
-   ``gather`` with the index broadcast over the rows (``_gather_rows``). Whole forward of the
+   ``gather`` with the index broadcast over the rows (``fused.gather_rows``). Whole forward of the
    compact network, batch 32, channels_last, interleaved rounds, medians; the outputs must be
    identical.
 2. **Staleness check of the folded weights.** Before: walk ``cell.modules()`` and key every
-   parameter and buffer of every op, each forward; after: ``_FusedCell._folded`` with its
+   parameter and buffer of every op, each forward; after: ``FusedCell._folded`` with its
    cached (dict, name) sources. Milliseconds per forward of the whole network (all cells), and a
    batch-1 forward for scale.
 
@@ -33,10 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import make_config  # noqa: E402
 
 L = importlib.import_module("cnas_ir.backends.pytorch.lower")
+FUSED = importlib.import_module("cnas_ir.backends.pytorch.fused")
+NASNET = importlib.import_module("cnas_ir.backends.pytorch.nasnet")
 
 
 def index_select_rows(buf: Tensor, index: Tensor | tuple[int, int]) -> Tensor:
-    """``_gather_rows`` as it was: index_select on the channels_last (N*H*W, C) view."""
+    """``fused.gather_rows`` as it was: index_select on the channels_last (N*H*W, C) view."""
     if isinstance(index, tuple):
         return buf[:, index[0] : index[1]]
     n, c, h, w = buf.shape
@@ -48,7 +50,7 @@ def index_select_rows(buf: Tensor, index: Tensor | tuple[int, int]) -> Tensor:
 
 def walk_key(cell: torch.nn.Module) -> tuple[object, ...]:
     """The staleness key as it was computed: a walk over the cell's op modules every call."""
-    tensors = [t for m in cell.modules() if isinstance(m, L._SepConv) for t in (*m.parameters(), *m.buffers())]
+    tensors = [t for m in cell.modules() if isinstance(m, NASNET.SepConv) for t in (*m.parameters(), *m.buffers())]
     return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
@@ -71,15 +73,15 @@ def main() -> None:
     cfg = make_config("paper-random-0.46", 0)
     m = L.lower(cfg.pruned, "compact").eval().to(memory_format=torch.channels_last)
     x = torch.randn(32, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    current = L._gather_rows
+    current = FUSED.gather_rows
 
     def forward(gather) -> Tensor:  # noqa: ANN001
-        L._gather_rows = gather
+        FUSED.gather_rows = gather
         try:
             with torch.no_grad():
                 return m(x)
         finally:
-            L._gather_rows = current
+            FUSED.gather_rows = current
 
     same = torch.equal(forward(index_select_rows), forward(current))
     times: dict[str, list[float]] = {"index_select": [], "gather": []}
@@ -93,7 +95,7 @@ def main() -> None:
     print(f"1. batch 32 channels_last forward: index_select {before:.0f} ms, gather {after:.0f} ms "
           f"({after / before:.2f}x); identical output: {same}")  # fmt: skip
 
-    cells = [c for c in m.modules() if isinstance(c, L._NasnetCell)]
+    cells = [c for c in m.modules() if isinstance(c, NASNET.NasnetCell)]
     walk = median_ms(lambda: [walk_key(c) for c in cells], args.rounds * 3)
     cached = median_ms(lambda: [c._fused._folded(c) for c in cells], args.rounds * 3)
     x1 = torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)

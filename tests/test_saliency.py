@@ -194,7 +194,7 @@ def test_buffered_path_scores_and_prunes_like_the_per_op_path(monkeypatch):
 
     from cnas_ir.passes.prune import prune_to_rho
 
-    lower_mod = importlib.import_module("cnas_ir.backends.pytorch.lower")
+    nasnet_mod = importlib.import_module("cnas_ir.backends.pytorch.nasnet")
     spec = {**ONE_CELL, "input": {"channels": 1, "size": 8},
             "nasnet": {**ONE_CELL["nasnet"], "channels": 4, "stacks": 2, "nodes_per_cell": 3}}  # fmt: skip
     g = _trained_like(spec, seed=3)
@@ -204,7 +204,7 @@ def test_buffered_path_scores_and_prunes_like_the_per_op_path(monkeypatch):
     def scores(g_, per_op):
         with monkeypatch.context() as mp:
             if per_op:
-                mp.setattr(lower_mod._NasnetCell, "bufferable", lambda self: False)
+                mp.setattr(nasnet_mod.NasnetCell, "bufferable", lambda self: False)
             return raw_taylor_scores(g_, data, batches=3, batch_size=4, device="cpu", channels_last=not per_op)
 
     buffered, per_op = scores(g, False), scores(g, True)
@@ -218,7 +218,7 @@ def test_buffered_path_scores_and_prunes_like_the_per_op_path(monkeypatch):
 
         with monkeypatch.context() as mp:
             if per_op:
-                mp.setattr(lower_mod._NasnetCell, "bufferable", lambda self: False)
+                mp.setattr(nasnet_mod.NasnetCell, "bufferable", lambda self: False)
             return prune_to_rho(g, 0.6, gamma=0.2, score=score, criterion="taylor")
 
     assert np.array_equal(pruned(False).alive, pruned(True).alive)

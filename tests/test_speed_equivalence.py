@@ -1,6 +1,6 @@
 """The compact module's fused inference path (eval, no autograd) against the reference paths.
 
-``lower(graph, "compact")`` runs a NASNet cell through ``_FusedCell`` when it is in eval mode and
+``lower(graph, "compact")`` runs a NASNet cell through ``FusedCell`` when it is in eval mode and
 autograd is off: one gather per node and stride from a buffer of ReLU'd states, one depthwise
 conv per stride and one pointwise conv per node with the ops' BNs folded. It must compute the
 function of the masked module, in channels-first and channels_last, and keep calling each op's
@@ -17,7 +17,8 @@ import torch
 from test_pytorch_lower import SIZE, calibrated, logits, nasnet_graph, random_alive
 
 from cnas_ir.backends.pytorch import lower
-from cnas_ir.backends.pytorch.lower import _FusedCell, _gather_rows, _Preprocess
+from cnas_ir.backends.pytorch.fused import FusedCell, gather_rows
+from cnas_ir.backends.pytorch.nasnet import Preprocess
 
 GRAPHS = {
     "nasnet": lambda: nasnet_graph(),
@@ -92,7 +93,7 @@ def test_folded_weights_follow_weight_changes() -> None:
         m.cell2.d_b.bn.running_mean.add_(0.5)  # the preprocessing's BN is folded too
         assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
         # a d_a computed by the previous cell (stacked with its d_b) follows its own BN
-        cell = next(c for c in m._cells()[1:] if isinstance(c.d_a, _Preprocess))
+        cell = next(c for c in m._cells()[1:] if isinstance(c.d_a, Preprocess))
         cell.d_a.bn.running_var.mul_(1.5)
         assert (m(x) - reference(m, x)).abs().max().item() < 1e-5
     m.load_graph_weights(g)
@@ -108,10 +109,10 @@ def test_folded_weights_follow_weight_changes() -> None:
 def test_gather_on_the_channels_last_view() -> None:
     buf = torch.randn(3, 10, 5, 5).contiguous(memory_format=torch.channels_last)
     index = torch.tensor([7, 1, 1, 4])
-    out = _gather_rows(buf, index)
+    out = gather_rows(buf, index)
     assert torch.equal(out, buf.index_select(1, index))
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(_gather_rows(buf, (2, 6)), buf[:, 2:6])
+    assert torch.equal(gather_rows(buf, (2, 6)), buf[:, 2:6])
 
 
 def test_contiguous_node_inputs_are_views() -> None:
@@ -121,7 +122,7 @@ def test_contiguous_node_inputs_are_views() -> None:
     m = lower(g.replace(alive=np.ones_like(g.alive)), "compact")
     reads = [r.read for c in m._cells() for node in c.plan.nodes for r in node.merged]
     assert reads and all(r.run is not None for r in reads)
-    assert isinstance(m._cells()[0]._fused, _FusedCell)
+    assert isinstance(m._cells()[0]._fused, FusedCell)
 
 
 def test_fused_path_gathers_on_the_module_device(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,15 +130,15 @@ def test_fused_path_gathers_on_the_module_device(monkeypatch: pytest.MonkeyPatch
     # compact module on CUDA failed at its first gather (found on a lent GPU). This machine has
     # no GPU: the meta device stands in, and every gather must get its index on the buffer's
     # device (meta kernels do not check that themselves).
-    lower_mod = importlib.import_module("cnas_ir.backends.pytorch.lower")  # the package exports lower()
+    fused_mod = importlib.import_module("cnas_ir.backends.pytorch.fused")
     seen: list[tuple[torch.device, torch.device]] = []
 
     def checked(buf: torch.Tensor, index: torch.Tensor | tuple[int, int]) -> torch.Tensor:
         if isinstance(index, torch.Tensor):
             seen.append((buf.device, index.device))
-        return _gather_rows(buf, index)
+        return gather_rows(buf, index)
 
-    monkeypatch.setattr(lower_mod, "_gather_rows", checked)
+    monkeypatch.setattr(fused_mod, "gather_rows", checked)
     g = calibrated(random_alive(GRAPHS["nasnet"](), 0, fold=True), 0)
     compact = lower(g, "compact").eval()
     x = torch.randn(2, 3, SIZE, SIZE)

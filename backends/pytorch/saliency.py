@@ -38,7 +38,8 @@ from cnas_ir.passes.prune import normalize_per_op
 
 from . import distributed
 from .data import Split
-from .lower import CnasModule, _Tap, lower
+from .layers import Tap
+from .lower import CnasModule, lower
 from .train import autocast, cpu_threads, pick_device
 
 __all__ = ["TaylorAccumulator", "raw_taylor_scores", "taylor_saliency"]
@@ -69,7 +70,7 @@ class _Recorder:
 
 def _taps(module: CnasModule) -> dict[str, torch.nn.Module]:
     """The ``cellI.nodeK.opJ.x`` tap of every op in the module, by op name."""
-    return {name.removesuffix(".x"): m for name, m in module.named_modules() if isinstance(m, _Tap)}
+    return {name.removesuffix(".x"): m for name, m in module.named_modules() if isinstance(m, Tap)}
 
 
 class TaylorAccumulator:
