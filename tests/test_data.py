@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnas_ir.backends.pytorch.data import (
-    Augment,
-    RestrictedUnpickler,
-    default_augment,
-    load_dataset,
-    parse_data_option,
-)
+from cnas_ir.backends.pytorch.cifar10 import RestrictedUnpickler
+from cnas_ir.backends.pytorch.data import Augment, default_augment, load_dataset, parse_data_option
 from cnas_ir.errors import InputError
 from cnas_ir.spec import Spec, parse_spec
 

@@ -24,14 +24,8 @@ import torch
 from PIL import Image
 
 import cnas_ir
-from cnas_ir.backends.pytorch.data import (
-    Augment,
-    FolderLayout,
-    Split,
-    StreamSplit,
-    load_dataset,
-    parse_data_option,
-)
+from cnas_ir.backends.pytorch.data import Augment, Split, load_dataset, parse_data_option
+from cnas_ir.backends.pytorch.folder import FolderLayout, StreamSplit
 from cnas_ir.backends.pytorch.train import eval_batches, evaluate, train
 from cnas_ir.cli import main
 from cnas_ir.errors import InputError
@@ -400,7 +394,7 @@ def test_streamed_training_equals_training_in_memory(folder: Path, one_thread) -
 
 def test_shard_sampler_follows_the_distributed_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     from cnas_ir.backends.pytorch import distributed
-    from cnas_ir.backends.pytorch.data import ShardSampler
+    from cnas_ir.backends.pytorch.folder import ShardSampler
 
     order = torch.tensor([4, 0, 3, 1, 2])
     shards = []

@@ -79,7 +79,8 @@ from cnas_ir.rundir import RunDir
 from cnas_ir.spec import TrainSpec
 
 from . import distributed
-from .data import AnySplit, Augment, ShardSampler, Split, Splits, StreamSplit, load_dataset
+from .data import Augment, Split, Splits, load_dataset
+from .folder import AnySplit, ShardSampler, StreamSplit
 
 __all__ = [
     "AMP",
