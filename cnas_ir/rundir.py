@@ -42,6 +42,32 @@ def check_output_path(path: str | Path, suffix: str | None = None, option: str =
     return path
 
 
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` whole or not at all: on any failure (Ctrl-C included) the
+    file is cut back to its earlier length, or removed if this call created it."""
+    try:
+        size: int | None = path.stat().st_size
+    except FileNotFoundError:
+        size = None
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:  # a write may stop short (at a file-size limit, before failing)
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)  # a full disk may only show here, while the line can still be cut
+    except BaseException:
+        try:
+            if size is None:
+                path.unlink()
+            else:
+                os.ftruncate(fd, size)
+        except OSError:
+            pass  # the append's own error is the one to report
+        raise
+    finally:
+        os.close(fd)
+
+
 class RunDir:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_run_dir()
@@ -82,10 +108,14 @@ class RunDir:
         return self.path / "checkpoints"
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl``."""
+        """Append one JSON line to ``metrics.jsonl``. On an :class:`OSError` (a full disk, a
+        file-size limit) the file keeps its earlier lines, no partial one, and
+        :class:`RunFailure` names it."""
         self.ensure()
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        try:
+            _append(self.metrics, (json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
+        except OSError as e:
+            raise RunFailure(f"{self.metrics}: cannot write ({e.strerror or e})") from None
 
     def resolve(self, artifact: str | Path | None) -> Path:
         """The artifact a command should read: the one named, the newest in a named folder,

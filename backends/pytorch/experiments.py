@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 import cnas_ir
-from cnas_ir.errors import InputError
+from cnas_ir.errors import InputError, RunFailure
+from cnas_ir.format import atomic_write
 from cnas_ir.ir import Graph
 from cnas_ir.passes.fold import fold
 from cnas_ir.passes.prune import min_feasible_rho, prune_to_rho
@@ -545,7 +546,10 @@ def _markdown(kind: str, res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot(kind: str, res: dict[str, Any], title: str, path: Path) -> None:
+def _plot(kind: str, res: dict[str, Any], title: str) -> bytes:
+    """The experiment's figure as PNG bytes."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -579,7 +583,9 @@ def _plot(kind: str, res: dict[str, Any], title: str, path: Path) -> None:
     fig.suptitle(textwrap.fill(title, 12 * int(fig.get_figwidth())), fontsize=10)  # fits the figure
     fig.tight_layout()
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
 
 
 def run_experiment(
@@ -596,12 +602,17 @@ def run_experiment(
 
     ``jobs`` > 1 runs the independent (arm, seed) runs in that many worker processes: the
     numbers are the same, the wall time shorter where cores are idle (a digits run uses one).
-    Returns the paths written. Raises :class:`InputError` for a bad experiment file or budget.
+    Returns the paths written. Raises :class:`InputError` for a bad experiment file or budget,
+    :class:`RunFailure` when ``out`` cannot be made or written (each file is written whole or
+    not at all: :func:`~cnas_ir.format.atomic_write`).
     """
     import torch
 
     exp = load_experiment(name, smoke=smoke, data=data)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFailure(f"{out}: cannot create the results folder ({e.strerror or e})") from None
     t0 = time.perf_counter()
     say(f"experiment {exp.name} ({exp.kind}{', smoke' if smoke else ''}): seeds {exp.seeds}, "
         f"{exp.epochs} one-shot / {exp.final_epochs} final epochs, {jobs} job(s)")  # fmt: skip
@@ -623,10 +634,14 @@ def run_experiment(
     }
     title = str(exp.config.get("title", exp.name)) + (" (smoke)" if smoke else "")
     paths = {"json": out / f"{exp.name}.json", "png": out / f"{exp.name}.png", "md": out / f"{exp.name}.md"}
-    paths["json"].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     table = _markdown(exp.kind, results)
-    paths["md"].write_text(f"# {title}\n\n{exp.config.get('paper', '').strip()}\n\n{table}\n", encoding="utf-8")
-    _plot(exp.kind, results, title, paths["png"])
+    contents = {
+        "json": (json.dumps(doc, indent=1) + "\n").encode(),
+        "png": _plot(exp.kind, results, title),
+        "md": f"# {title}\n\n{exp.config.get('paper', '').strip()}\n\n{table}\n".encode(),
+    }
+    for key, path in paths.items():  # rendered first, so a rendering error writes nothing
+        atomic_write(path, contents[key])
     say(table)
     say(f"{exp.name}: {doc['seconds']:.0f} s; wrote {', '.join(str(p) for p in paths.values())}")
     return paths

@@ -268,7 +268,10 @@ def _save_checkpoint(
         "epoch": str(epoch),
         "epochs": str(epochs),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFailure(f"{path.parent}: cannot create the checkpoint folder ({e.strerror or e})") from None
     atomic_write(path, st_save(tensors, metadata=meta))
 
 
@@ -619,8 +622,13 @@ def train(
                 seen = per_rank * world  # n, plus the shards' padding
                 train_loss = loss_sum / seen
                 if not math.isfinite(train_loss):
+                    # Raised before this epoch's checkpoint and metrics line: nothing of it is written.
+                    kept = (
+                        f"checkpoint {ckpt} holds epoch {epoch}" if ckpt is not None and epoch > 0 else "no checkpoint"
+                    )
                     raise RunFailure(
-                        f"training diverged in epoch {epoch + 1} (train loss {train_loss}); lower train.lr in the spec"
+                        f"training diverged in epoch {epoch + 1}/{epochs} (train loss {train_loss}); nothing written "
+                        f"for it: {kept}, the input artifact is unchanged; lower train.lr in the spec"
                     )
                 _average_bn_statistics(module)
                 val = evaluate_module(module, splits.val, dev, shard=world > 1, amp=amp)
