@@ -288,9 +288,10 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         raise ValueError(f"not a size: {text!r} (expected e.g. 8G, 500M, 4096)") from None
-    if not math.isfinite(value) or value <= 0:
+    size = value * _UNITS[unit]
+    if not math.isfinite(size) or size <= 0:  # 1e300T overflows to inf
         raise ValueError(f"not a size: {text!r} (expected a positive number, e.g. 8G)")
-    return int(value * _UNITS[unit])
+    return int(size)
 
 
 def format_size(n: float) -> str:
@@ -312,9 +313,27 @@ def key_value(spec: Spec, key: str) -> Any:
     return value
 
 
+# The IR numbers cells, nodes and ops in int16 columns (cnas_ir.ir).
+MAX_INDEX = 2**15 - 1
+
+
+def _indices(spec: Spec) -> list[tuple[str, int, str]]:
+    """(key, largest number, what it numbers) of the IR's int16 columns, from the spec."""
+    if spec.space == "densenet":
+        assert spec.densenet is not None
+        return [("densenet.depth", spec.densenet.layers_per_block, "layers per dense block")]
+    p = spec.nasnet
+    assert p is not None
+    cells = p.stacks * (p.cells_per_stack + 1) - 1
+    many = "nasnet.stacks" if p.stacks > p.cells_per_stack else "nasnet.cells_per_stack"
+    return [(many, cells, "cells"), ("nasnet.nodes_per_cell", p.nodes_per_cell, "nodes per cell"),
+            ("nasnet.ops_per_node", p.ops_per_node, "operations per node")]  # fmt: skip
+
+
 def check_size(spec: Spec, max_memory: int | None = None, source: str | None = None) -> Estimate:
     """The estimate of ``spec``; a one-line :class:`InputError` naming the key that contributes
-    most when the IR and the weights would exceed ``max_memory`` (default 4 GiB)."""
+    most when the IR and the weights would exceed ``max_memory`` (default 4 GiB), or the key
+    that numbers more cells, nodes or ops than the IR's int16 columns hold."""
     limit = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     e = estimate(spec)
     if e.build_bytes > limit:
@@ -325,6 +344,12 @@ def check_size(spec: Spec, max_memory: int | None = None, source: str | None = N
             f"IR + weights {at_least}{format_size(e.build_bytes)} > the {format_size(limit)} limit "
             "(--max-memory / max_memory= moves it)"
         )
+    for key, n, what in _indices(spec):
+        if n > MAX_INDEX:
+            raise InputError(
+                f"{source or spec.name}: {key} = {key_value(spec, key)} makes {n:,} {what}; "
+                f"the IR numbers at most {MAX_INDEX:,}"
+            )
     return e
 
 

@@ -463,6 +463,15 @@ def _verify(g: Graph) -> None:
     stem_layers = g.op[g.kind == Kind.STEM].tolist()
     if stem_layers != [0] and stem_layers != list(range(1, len(stem_layers) + 1)):
         _fail(f"stem groups must be one group (layer 0) or layers 1..n in order, got {stem_layers}")
+    # Numbering (group_name and the structure read it): one group per (kind, cell, node, op),
+    # no negative number, a d group d_a or d_b (op 1 or 2; DenseNet: d, op 1).
+    if np.any(g.cell < 0) or np.any(g.node < 0) or np.any(g.op < 0):
+        _fail("a group has a negative cell, node or op number")
+    d_op = g.op[g.kind == Kind.D]
+    if np.any(d_op < 1) or np.any(d_op > (2 if g.spec.space == "nasnet" else 1)):
+        _fail("a d group is numbered neither d_a nor d_b")
+    if np.unique(np.stack([g.kind, g.cell, g.node, g.op], axis=1).astype(np.int64), axis=0).shape[0] != G:
+        _fail("two groups have the same kind, cell, node and op")
     if np.any((g.bundle_src < 0) | (g.bundle_src >= G) | (g.bundle_dst < 0) | (g.bundle_dst >= G)):
         _fail("a bundle references a group that does not exist")
     for e in range(E):

@@ -12,17 +12,19 @@ no expansion) and refuses, in one line naming the file and the line:
 - a value longer than :data:`MAX_SCALAR` characters (PyYAML converts a long integer with a
   quadratic algorithm, and Python refuses one over 4,300 digits with a ValueError).
 
-Only then does it build the Python objects with ``safe_load``.
+Only then does it build the Python objects with PyYAML's safe loader (reading ``1e-4`` as a
+number, as JSON does).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cnas_ir.errors import InputError, reading
+from cnas_ir.errors import InputError, reading, shorten
 
 __all__ = ["MAX_BYTES", "load_yaml", "parse_yaml"]
 
@@ -30,9 +32,40 @@ MAX_BYTES = 1 << 20  # 1 MiB: a spec is a few hundred bytes, an experiment file 
 MAX_SCALAR = 4096  # characters of one value: a path fits, a 5,000-digit integer does not
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` as a number as JSON and YAML 1.2 do (YAML 1.1,
+    which PyYAML follows, wants a dot, ``1.0e-4``, and reads ``1e-4`` as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def _where(event: yaml.Event) -> str:
     mark = event.start_mark
     return f" at line {mark.line + 1}" if mark is not None else ""
+
+
+def _join_surrogates(value: Any, source: str) -> Any:
+    """``value`` with every escaped UTF-16 surrogate pair joined into its character: JSON (which
+    is YAML) writes a character beyond U+FFFF as two escapes, ``"\\ud83e\\uddea"``, and PyYAML
+    decodes each alone. A surrogate without its pair is refused."""
+    if isinstance(value, dict):
+        return {_join_surrogates(k, source): _join_surrogates(v, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join_surrogates(v, source) for v in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        raise InputError(f"{source}: {shorten(ascii(value))} holds half a UTF-16 surrogate pair") from None
 
 
 def parse_yaml(text: str, source: str, max_depth: int) -> Any:
@@ -42,7 +75,7 @@ def parse_yaml(text: str, source: str, max_depth: int) -> Any:
         raise InputError(f"{source}: larger than {MAX_BYTES // 1024} KiB; a cnas-ir YAML file is a few KB")
     depth = 0
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=_Loader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
                 raise InputError(f"{source}: YAML anchors and aliases are not accepted{_where(event)}")
             if isinstance(event, yaml.CollectionStartEvent):
@@ -58,7 +91,7 @@ def parse_yaml(text: str, source: str, max_depth: int) -> Any:
                     f"{source}: a value of {len(event.value):,} characters{_where(event)}; "
                     f"values are at most {MAX_SCALAR:,}"
                 )
-        return yaml.safe_load(text)
+        return _join_surrogates(yaml.load(text, Loader=_Loader), source)
     except ValueError as e:  # a scalar PyYAML cannot convert (it is not a YAMLError)
         raise InputError(f"{source}: not valid YAML: {e}") from None
     except yaml.YAMLError as e:

@@ -31,7 +31,11 @@ __all__ = [
 # A spec is a mapping of sections, each a mapping of scalars: collections nest two deep.
 SPEC_DEPTH = 2
 
-Positive = Annotated[int, Field(gt=0)]
+# Counts and sizes fit the IR's int32 columns (vertex ids, resolutions), and every size the
+# estimate multiplies out of them stays a finite float; seeds fit numpy's and torch's generators.
+MAX_INT = 2**31 - 1
+Positive = Annotated[int, Field(gt=0, le=MAX_INT)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 
@@ -78,6 +82,17 @@ class DensenetSpec(_Strict):
             raise ValueError(f"depth must be 6n+4 with n >= 1 (three blocks of n bottleneck layers), got {depth}")
         return depth
 
+    @model_validator(mode="after")
+    def _transitions_keep_channels(self) -> DensenetSpec:
+        # A transition keeps int(compression x its input) channels (passes/build.py): none is
+        # a graph with an empty group, refused here in the spec's words.
+        width = 2 * self.growth_rate
+        for block in (2, 3):
+            width = int((width + self.layers_per_block * self.growth_rate) * self.compression)
+            if width < 1:
+                raise ValueError(f"compression {self.compression} leaves the transition into block {block} no channels")
+        return self
+
     @property
     def layers_per_block(self) -> int:
         return (self.depth - 4) // 6
@@ -90,7 +105,7 @@ class DataSpec(_Strict):
 
     name: Literal["digits", "synthetic", "cifar10", "folder"] = "digits"
     path: str | None = None
-    seed: int = 0
+    seed: Seed = 0
 
 
 class TrainSpec(_Strict):
@@ -105,7 +120,7 @@ class TrainSpec(_Strict):
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     nesterov: bool = True
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0002
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _lr_min_below_lr(self) -> TrainSpec:
@@ -130,7 +145,7 @@ class Spec(_Strict):
     name: Annotated[str, Field(min_length=1)]
     space: Literal["nasnet", "densenet"] = "nasnet"
     input: InputSpec = InputSpec()
-    classes: Annotated[int, Field(ge=2)] = 10
+    classes: Annotated[int, Field(ge=2, le=MAX_INT)] = 10
     nasnet: NasnetSpec | None = None
     densenet: DensenetSpec | None = None
     data: DataSpec = DataSpec()

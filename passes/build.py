@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnas_ir.ir import Edge, Graph, Kind
+from cnas_ir.ir import Edge, Graph, Kind, VerifyError
 from cnas_ir.spec import Spec
 
-__all__ = ["build_graph"]
+__all__ = ["build_graph", "check_one_shot"]
 
 
 class _Builder:
@@ -173,3 +173,29 @@ def _build_densenet(spec: Spec) -> Graph:
 def build_graph(spec: Spec) -> Graph:
     """The one-shot graph of ``spec``: every vertex alive, no weights, no saliency."""
     return _build_nasnet(spec) if spec.space == "nasnet" else _build_densenet(spec)
+
+
+# What no pass changes: passes set the alive mask and saliency, training the weights.
+_STRUCTURE = ("kind", "cell", "node", "op", "start", "size", "res", "src", "bundle_kind", "bundle_src", "bundle_dst")
+
+
+def check_one_shot(graph: Graph) -> None:
+    """Raise :class:`VerifyError` unless ``graph`` has the structure of its spec's one-shot graph
+    (groups, their numbering, sizes and resolutions, the x vertices' sources, the bundles).
+
+    A graph read from a file whose structure differs was damaged in a way the verifier's local
+    checks can miss (an op numbered 128, a d group numbered 3), which the backends would meet as
+    an index error. The column lengths are compared with the closed-form estimate first, so a
+    damaged spec cannot make this build a huge graph.
+    """
+    from cnas_ir.estimate import estimate
+
+    e = estimate(graph.spec)
+    have, want = (graph.num_groups, graph.num_vertices, graph.num_bundles), (e.groups, e.vertices, e.bundles)
+    if have != want:
+        raise VerifyError(f"{have[0]} groups, {have[1]} vertices, {have[2]} bundles; the spec's one-shot graph "
+                          f"has {want[0]}, {want[1]}, {want[2]}")  # fmt: skip
+    ref = build_graph(graph.spec)
+    for name in _STRUCTURE:
+        if not np.array_equal(getattr(graph, name), getattr(ref, name)):
+            raise VerifyError(f"column {name} differs from the spec's one-shot graph")
