@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 import cnas_ir
+from cnas_ir.app.report import write_report
 from cnas_ir.ir import Graph
 from cnas_ir.passes.prune import prune_to_rho, random_saliency
-from cnas_ir.report import write_report
 from cnas_ir.weights import weight_table
 
 

@@ -40,7 +40,7 @@ def inside(folder: Path) -> Iterator[None]:
 
 def run_cli(args: Sequence[object], cwd: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """The CLI in-process in ``cwd``: (exit code, stdout, stderr)."""
-    from cnas_ir.cli import main
+    from cnas_ir.app.cli import main
 
     with inside(cwd):
         code = main([str(a) for a in args])

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import cnas_ir
+from cnas_ir.app.cli import main
 from cnas_ir.backends.pytorch import lower
-from cnas_ir.cli import main
 from cnas_ir.passes.fold import fold
 from cnas_ir.passes.prune import prune_to_rho, random_saliency
 from helpers import TINY_SYNTHETIC

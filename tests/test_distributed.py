@@ -22,12 +22,12 @@ import pytest
 import torch
 
 import cnas_ir
+from cnas_ir.app.cli import main
 from cnas_ir.backends.pytorch import distributed, lower
 from cnas_ir.backends.pytorch.data import Split, load_dataset
 from cnas_ir.backends.pytorch.saliency import TaylorAccumulator, raw_taylor_scores
 from cnas_ir.backends.pytorch.search import SearchSettings, search
 from cnas_ir.backends.pytorch.train import _unused_parameters, train
-from cnas_ir.cli import main
 from cnas_ir.ir import Graph
 from cnas_ir.passes.fold import fold
 from cnas_ir.rundir import RunDir

@@ -19,11 +19,11 @@ import pytest
 import torch
 from test_folder_data import folder_spec, make_folder
 
+from cnas_ir.app.cli import main
 from cnas_ir.backends.onnx.evaluate import ExportedModel, onnx_logits
 from cnas_ir.backends.onnx.export import META_DATA, META_SPEC
 from cnas_ir.backends.pytorch import lower
 from cnas_ir.backends.pytorch.data import load_dataset
-from cnas_ir.cli import main
 from cnas_ir.format import load
 from helpers import EXAMPLES, inside
 from helpers import run_cli as run

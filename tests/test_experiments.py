@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import cnas_ir
-from cnas_ir.backends.pytorch.experiments import EXPERIMENTS_DIR, load_experiment, per_cell_random_saliency
-from cnas_ir.cli import main
+from cnas_ir.app.cli import main
+from cnas_ir.app.experiments import EXPERIMENTS_DIR, load_experiment, per_cell_random_saliency
 from cnas_ir.passes.prune import prune_to_rho, random_saliency
 from cnas_ir.passes.stats import compute_stats
 
@@ -48,7 +48,7 @@ def test_a_non_editable_install_carries_the_experiment_files(tmp_path):
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation"]
     r = subprocess.run([*pip, "--no-compile", "--target", str(target), str(src)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    code = "from cnas_ir.backends.pytorch.experiments import find_experiment; print(find_experiment('fig3'))"
+    code = "from cnas_ir.app.experiments import find_experiment; print(find_experiment('fig3'))"
     env = {"PYTHONPATH": str(target), "PATH": os.environ.get("PATH", "")}
     r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -133,7 +133,7 @@ def test_jobs_in_worker_processes_give_the_same_numbers(tmp_path):
 def test_all_runs_every_experiment_in_its_folder(tmp_path, monkeypatch):
     """`experiment all` runs the four files in order, each into OUT/NAME (the runs themselves
     are stubbed here: the smoke test above covers each one)."""
-    import cnas_ir.backends.pytorch.experiments as ex
+    import cnas_ir.app.experiments as ex
 
     seen = []
     monkeypatch.setattr(ex, "run_experiment", lambda n, *, out, **kw: seen.append((n, out, kw["jobs"])))
@@ -146,7 +146,7 @@ def test_a_failed_job_stops_the_pool_at_once():
     not after every queued search has trained (leaving the pool's context would wait for them)."""
     import multiprocessing
 
-    from cnas_ir.backends.pytorch.experiments import _Job, _Runner
+    from cnas_ir.app.experiments import _Job, _Runner
 
     exp = load_experiment("fig2a")  # full-size jobs: each would train for minutes
     runner = _Runner(exp, "cpu", lambda _: None, jobs=2)

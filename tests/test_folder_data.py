@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 
 import cnas_ir
+from cnas_ir.app.cli import main
 from cnas_ir.backends.pytorch.data import Augment, Split, load_dataset, parse_data_option
 from cnas_ir.backends.pytorch.folder import FolderLayout, StreamSplit
 from cnas_ir.backends.pytorch.train import eval_batches, evaluate, train
-from cnas_ir.cli import main
 from cnas_ir.errors import InputError
 from cnas_ir.format import FORMAT_VERSION, load, save, to_bytes
 from cnas_ir.spec import parse_spec

@@ -161,7 +161,7 @@ def test_pass_manager_fixpoint_and_verification(tiny_graph):
 
 def test_core_imports_no_torch_onnx_networkx():
     code = (
-        "import sys, cnas_ir, cnas_ir.cli, cnas_ir.format, cnas_ir.passes.stats, cnas_ir.dump;"
+        "import sys, cnas_ir, cnas_ir.app.cli, cnas_ir.format, cnas_ir.passes.stats, cnas_ir.dump;"
         "cnas_ir.build({'name': 'x'});"
         "print(sorted(m for m in ('torch', 'onnx', 'networkx', 'matplotlib') if m in sys.modules))"
     )

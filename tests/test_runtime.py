@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnas_ir.cli import main
+from cnas_ir.app.cli import main
 from helpers import TINY_SYNTHETIC
 
 # 64 x 18 = 1,152 distinct 3x3 convolutions, twice: more than oneDNN's default cache of 1,024.

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import cnas_ir
+from cnas_ir.app.cli import main
 from cnas_ir.backends.pytorch import train as train_mod
 from cnas_ir.backends.pytorch.data import Splits, load_dataset
 from cnas_ir.backends.pytorch.train import TrainInterrupted, cosine_lr, evaluate, train
-from cnas_ir.cli import main
 from cnas_ir.errors import InputError
 from cnas_ir.ir import Graph
 from cnas_ir.rundir import RunDir

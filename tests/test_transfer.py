@@ -250,7 +250,7 @@ def test_cli_transfer_of_the_searched_tiny_network_to_a_folder(
 
     import yaml
 
-    from cnas_ir.cli import main
+    from cnas_ir.app.cli import main
     from cnas_ir.format import load
 
     def run(*args: str) -> tuple[int, str, str]:
@@ -290,7 +290,7 @@ def test_cli_transfer_of_the_searched_tiny_network_to_a_folder(
 def test_cli_transfer_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 
-    from cnas_ir.cli import main
+    from cnas_ir.app.cli import main
 
     src = tmp_path / "s.cnas"
     assert main(["build", str(EXAMPLES / "tiny.yaml"), "-o", str(src)]) == 0

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import cnas_ir
-from cnas_ir.draw import (
+from cnas_ir.app.draw import (
     MAX_CHANNEL_EDGES,
     _model,
     cell_title,
@@ -29,12 +29,12 @@ from cnas_ir.draw import (
     to_dot,
     to_graphml,
 )
+from cnas_ir.app.report import SECTIONS, build_report, pruning_trajectory
 from cnas_ir.errors import InputError
 from cnas_ir.ir import Graph, Kind
 from cnas_ir.passes.fold import fold
 from cnas_ir.passes.prune import prune_to_rho, random_saliency
 from cnas_ir.passes.stats import compute_stats
-from cnas_ir.report import SECTIONS, build_report, pruning_trajectory
 from cnas_ir.view import cell_view, channel_edge_count
 from helpers import EXAMPLES
 from helpers import run_cli as run
@@ -477,7 +477,8 @@ def test_report_errors_are_one_line(tmp_path, capsys, args, fragment):
 
 def test_core_imports_no_plotting():
     code = (
-        "import sys, cnas_ir, cnas_ir.cli, cnas_ir.view, cnas_ir.draw, cnas_ir.report, cnas_ir.cli_view;"
+        "import sys, cnas_ir, cnas_ir.app.cli, cnas_ir.view, cnas_ir.app.draw, cnas_ir.app.report,"
+        " cnas_ir.app.view_commands;"
         "print(sorted(m for m in ('torch', 'onnx', 'networkx', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -197,7 +197,7 @@ def _fake_fig2a(exp: object, runner: object) -> dict[str, object]:
 def test_experiment_results_written_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
     """A full disk at the plot: the JSON written before it is complete, the plot and the table
     already there are as they were, and no temp file is left."""
-    import cnas_ir.backends.pytorch.experiments as ex
+    import cnas_ir.app.experiments as ex
 
     monkeypatch.setitem(ex._RUNNERS, "fig2a", _fake_fig2a)
     out = tmp_path / "results"
@@ -217,7 +217,7 @@ def test_experiment_results_written_whole_or_not_at_all(tmp_path, monkeypatch, c
 
 
 def test_experiment_results_folder_that_cannot_be_made(tmp_path, monkeypatch, capsys):
-    import cnas_ir.backends.pytorch.experiments as ex
+    import cnas_ir.app.experiments as ex
 
     monkeypatch.setitem(ex._RUNNERS, "fig2a", _fake_fig2a)
     (tmp_path / "blocker").write_bytes(OLD)
@@ -235,7 +235,7 @@ def made(tmp_path_factory, one_thread):
     artifact written elsewhere (their sizes set the limits)."""
     import matplotlib.font_manager  # noqa: F401 -- its cache is written now, not under a limit
 
-    from cnas_ir.cli import main
+    from cnas_ir.app.cli import main
 
     folder = tmp_path_factory.mktemp("made")
     spec = {**TINY_SYNTHETIC, "train": {**TINY_SYNTHETIC["train"], "epochs": 1}}

@@ -1,7 +1,7 @@
 """``cnas-ir experiment``: run one of the paper's experiments described in ``experiments/``.
 
-Registered on the ``cnas-ir`` group in :mod:`cnas_ir.cli`. The work is in
-:mod:`cnas_ir.backends.pytorch.experiments`, imported only when the command runs, so
+Registered on the ``cnas-ir`` group in :mod:`cnas_ir.app.cli`. The work is in
+:mod:`cnas_ir.app.experiments`, imported only when the command runs, so
 ``cnas-ir --help`` stays fast.
 """
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import click
 
-from cnas_ir.cli import _DATA_HELP, _info
+from cnas_ir.app.context import DATA_HELP, info
 
 __all__ = ["experiment"]
 
 
 @click.command()
 @click.argument("name")
-@click.option("--data", metavar="NAME[:PATH]", help=_DATA_HELP + " cifar10 also sets the input to 3x32x32.")
+@click.option("--data", metavar="NAME[:PATH]", help=DATA_HELP + " cifar10 also sets the input to 3x32x32.")
 @click.option("--smoke", is_flag=True, help="The CI-sized run: the file's smoke section (1 seed, 1 epoch, tiny spec).")
 @click.option(
     "-o",
@@ -49,7 +49,7 @@ def experiment(name: str, data: str | None, smoke: bool, out: Path | None, devic
     """
     import time
 
-    from cnas_ir.backends.pytorch.experiments import KINDS, find_experiment, run_experiment
+    from cnas_ir.app.experiments import KINDS, find_experiment, run_experiment
 
     names = list(KINDS) if name == "all" else [name]
     stems = [find_experiment(n).stem for n in names]  # refuse an unknown name before any work
@@ -57,6 +57,6 @@ def experiment(name: str, data: str | None, smoke: bool, out: Path | None, devic
     t0 = time.perf_counter()
     for n, stem in zip(names, stems, strict=True):
         folder = root / (stem + ("-smoke" if smoke else "")) if (out is None or name == "all") else root
-        run_experiment(n, out=folder, smoke=smoke, data=data, device=device, jobs=jobs, say=_info)
+        run_experiment(n, out=folder, smoke=smoke, data=data, device=device, jobs=jobs, say=info)
     if name == "all":
-        _info(f"all {len(names)} experiments: {time.perf_counter() - t0:.0f} s with {jobs} job(s)")
+        info(f"all {len(names)} experiments: {time.perf_counter() - t0:.0f} s with {jobs} job(s)")

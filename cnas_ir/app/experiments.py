@@ -52,8 +52,12 @@ __all__ = [
     "run_experiment",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS_DIR = ROOT / "experiments"
+# The experiment files: installed as the package cnas_ir.experiments, or experiments/ at the top
+# of a checkout.
+_PACKAGE = Path(__file__).resolve().parents[1]
+EXPERIMENTS_DIR = next(
+    (d for d in (_PACKAGE / "experiments", _PACKAGE.parent / "experiments") if d.is_dir()), _PACKAGE / "experiments"
+)
 KINDS = ("fig2b", "fig3", "fig2a", "densenet")
 # An experiment file nests: smoke -> arms -> arm -> spec -> section (see experiments/fig3.yaml).
 EXPERIMENT_DEPTH = 6

@@ -566,7 +566,7 @@ def build_report(run_dir: str | Path, artifact: str | Path | None = None) -> str
 
     # cell drawings
     if graph is not None:
-        from cnas_ir.draw import cell_figure
+        from cnas_ir.app.draw import cell_figure
 
         picks, note = _cells_to_draw(graph)
         body = [_note(note)] if note else []

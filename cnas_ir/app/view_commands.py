@@ -1,7 +1,7 @@
 """``cnas-ir show`` and ``cnas-ir report``: the commands that make a search visible.
 
-Registered on the ``cnas-ir`` group in :mod:`cnas_ir.cli`. matplotlib and networkx are imported
-only when a command runs (by :mod:`cnas_ir.draw` and :mod:`cnas_ir.report`), so ``cnas-ir
+Registered on the ``cnas-ir`` group in :mod:`cnas_ir.app.cli`. matplotlib and networkx are imported
+only when a command runs (by :mod:`cnas_ir.app.draw` and :mod:`cnas_ir.app.report`), so ``cnas-ir
 --help`` stays fast.
 """
 
@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cnas_ir.cli import Context, _info, _load, pass_ctx
+from cnas_ir.app.context import Context, info, load_artifact, pass_ctx
 from cnas_ir.errors import InputError
 from cnas_ir.rundir import check_output_path
 
 if TYPE_CHECKING:
-    from cnas_ir.draw import DeadMode, Level
+    from cnas_ir.app.draw import DeadMode, Level
 
 __all__ = ["report", "show"]
 
@@ -70,11 +70,11 @@ def show(
     GraphML and DOT hold the networkx view of the cell (x and y groups apart), with dead
     parts marked alive=false unless --dead omit.
     """
-    from cnas_ir.draw import check_cell, check_channel_level, describe_cell, render_cell, to_dot, to_graphml
+    from cnas_ir.app.draw import check_cell, check_channel_level, describe_cell, render_cell, to_dot, to_graphml
     from cnas_ir.format import atomic_write
 
     outs = {k: _out_path(v, k) for k, v in (("png", png), ("svg", svg), ("graphml", graphml), ("dot", dot))}
-    _, graph = _load(ctx, artifact)
+    _, graph = load_artifact(ctx, artifact)
     check_cell(graph, cell)
     if level == "channel":
         check_channel_level(graph, cell, dead)
@@ -93,7 +93,7 @@ def show(
         else:
             data = to_dot(graph, cell, level, dead).encode()
         atomic_write(path, data)
-        _info(f"cell {cell} ({level} level) -> {path}")
+        info(f"cell {cell} ({level} level) -> {path}")
 
 
 @click.command()
@@ -114,7 +114,7 @@ def report(ctx: Context, run_dir: Path | None, out: Path | None) -> None:
     cell and the last cell. Images are embedded: the page opens offline. RUN_DIR may also be
     an artifact (.cnas): the report is then about it, with its folder's metrics.
     """
-    from cnas_ir.report import write_report
+    from cnas_ir.app.report import write_report
 
     path = run_dir if run_dir is not None else ctx.run.path
     artifact = None
@@ -125,4 +125,4 @@ def report(ctx: Context, run_dir: Path | None, out: Path | None) -> None:
     if out is not None:
         _out_path(str(out), "out")
     written = write_report(path, out if out is not None else path / "report.html", artifact)
-    _info(f"report -> {written}")
+    info(f"report -> {written}")
