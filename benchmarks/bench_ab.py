@@ -1,8 +1,10 @@
-"""Before/after of a change to the PyTorch lowering, in one process: ``lower.py`` at a git
-revision against the working tree's.
+"""Before/after of a change to the PyTorch lowering, in one process: the PyTorch backend at a
+git revision against the working tree's.
 
-The old ``backends/pytorch/lower.py`` is read with ``git show REV:...`` and loaded as a separate
-module; both lower the same pruned graph (same weights), and their eval-mode forwards under
+The old ``backends/pytorch/`` is extracted with ``git archive REV`` and loaded as a package of
+its own (``old_pytorch``, without its ``__init__``), so the old ``lower.py`` imports its old
+siblings (``buffered``, ``fused``, ...); the core (``cnas_ir``, ``passes``) is the working
+tree's. Both lower the same pruned graph (same weights), and their eval-mode forwards under
 ``torch.inference_mode`` are timed in interleaved rounds (medians), in channels_last and
 channels-first. The outputs must agree to float32 rounding. Config: a bench_speed.py
 configuration (default: the paper spec pruned at random to rho 0.46)::
@@ -14,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -33,21 +35,20 @@ NEW = importlib.import_module("cnas_ir.backends.pytorch.lower")
 
 
 def old_lowering(rev: str, folder: str):  # noqa: ANN201 - a module
-    src = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:backends/pytorch/lower.py"], capture_output=True, text=True, check=True
+    """``lower`` of the PyTorch backend at ``rev``: the package's files extracted into ``folder``."""
+    tar = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "backends/pytorch"], capture_output=True, check=True
     ).stdout
-    path = Path(folder) / "old_lower.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("old_lower", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    subprocess.run(["tar", "-x", "-C", folder], input=tar, check=True)
+    package = types.ModuleType("old_pytorch")
+    package.__path__ = [str(Path(folder) / "backends" / "pytorch")]  # relative imports resolve here
+    sys.modules["old_pytorch"] = package
+    return importlib.import_module("old_pytorch.lower")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("rev", help="git revision of the 'before' lower.py")
+    ap.add_argument("rev", help="git revision of the 'before' PyTorch backend")
     ap.add_argument("--config", default="paper-random-0.46", choices=CONFIGS)
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 1])
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds at batch 32 (batch 1: 3x as many)")
@@ -58,7 +59,7 @@ def main() -> None:
         old_mod = old_lowering(args.rev, tmp)
         cfg = make_config(args.config, 0)
         size, channels = cfg.pruned.spec.input.size, cfg.pruned.spec.input.channels
-        print(f"torch {torch.__version__}, {args.threads} threads; {args.config}; before: lower.py at {args.rev}")
+        print(f"torch {torch.__version__}, {args.threads} threads; {args.config}; before: {args.rev}")
         for batch in args.batches:
             rounds = args.rounds if batch > 1 else 3 * args.rounds
             for fmt, lay in ((torch.channels_last, "channels_last"), (torch.contiguous_format, "channels-first")):
