@@ -55,7 +55,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 import math
 import signal
 import sys
@@ -65,26 +64,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as st_save
 from torch.utils.data import BatchSampler
 
 from cnas_ir.errors import CnasError, InputError, RunFailure
-from cnas_ir.format import atomic_write
-from cnas_ir.ir import BUNDLE_COLUMNS, GROUP_COLUMNS, VERTEX_COLUMNS, Graph
+from cnas_ir.ir import Graph
 from cnas_ir.rundir import RunDir
 from cnas_ir.spec import TrainSpec
 
 from . import distributed
+from .checkpoint import checkpoint_path, load_checkpoint, resumable, run_fingerprint, save_checkpoint
 from .data import Augment, Split, Splits, load_dataset
 from .folder import AnySplit, ShardSampler, StreamSplit
 
 __all__ = [
     "AMP",
-    "CHECKPOINT_FORMAT",
     "TrainInterrupted",
     "autocast",
     "cosine_lr",
@@ -97,8 +92,6 @@ __all__ = [
     "train",
 ]
 
-CHECKPOINT_FORMAT = "cnas-ir-checkpoint"
-_CHECKPOINT_VERSION = 1
 _EVAL_BATCH = 512
 _SMALL_WORK = 32768  # input pixels per batch below which a CPU run uses one thread
 AMP = ("off", "bf16")  # mixed-precision modes of --amp
@@ -172,22 +165,6 @@ def _derive(seed: int, epoch: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _fingerprint(graph: Graph, data: str, augment: Augment, reinit: bool, seed: int) -> str:
-    """What a checkpoint must have started from to be resumed: structure, spec, starting
-    weights and settings (not the epoch count: a run may be extended)."""
-    h = hashlib.sha256()
-    h.update(graph.spec.to_json().encode())
-    for name in GROUP_COLUMNS + VERTEX_COLUMNS + BUNDLE_COLUMNS:
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(getattr(graph, name)).tobytes())
-    if not reinit:
-        for name in sorted(graph.weights):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(graph.weights[name]).tobytes())
-    h.update(json.dumps([data, repr(augment), reinit, seed]).encode())
-    return h.hexdigest()
-
-
 @contextlib.contextmanager
 def _sigint_flag() -> Iterator[dict[str, bool]]:
     """While active, a first Ctrl-C only sets ``flag["stop"]`` (the loop stops after the
@@ -242,88 +219,6 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=before_warn)
-
-
-# ---- checkpoints -------------------------------------------------------------------------------
-
-
-def _checkpoint_path(run: RunDir, name: str) -> Path:
-    return run.checkpoints / f"{name}.safetensors"
-
-
-def _save_checkpoint(
-    path: Path, module: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int, epochs: int, fingerprint: str
-) -> None:
-    tensors: dict[str, torch.Tensor] = {
-        f"module.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()
-    }
-    for i, state in opt.state_dict()["state"].items():
-        buf = state.get("momentum_buffer")
-        if buf is not None:
-            tensors[f"optim.{i}.momentum_buffer"] = buf.detach().cpu().contiguous()
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "version": str(_CHECKPOINT_VERSION),
-        "fingerprint": fingerprint,
-        "epoch": str(epoch),
-        "epochs": str(epochs),
-    }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunFailure(f"{path.parent}: cannot create the checkpoint folder ({e.strerror or e})") from None
-    atomic_write(path, st_save(tensors, metadata=meta))
-
-
-def _resumable(path: Path, fingerprint: str, epochs: int) -> bool:
-    """Whether ``path`` is a checkpoint of this very run that ``epochs`` can continue."""
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError):
-        return False
-    return (
-        meta.get("format") == CHECKPOINT_FORMAT
-        and meta.get("version") == str(_CHECKPOINT_VERSION)
-        and meta.get("fingerprint") == fingerprint
-        and int(meta.get("epoch", "0")) <= epochs
-    )
-
-
-def _load_checkpoint(path: Path, module: torch.nn.Module, opt: torch.optim.Optimizer, fingerprint: str) -> int:
-    """Restore module and optimizer state from ``path``; returns the completed epoch count."""
-    if not path.is_file():
-        raise InputError(f"{path}: no checkpoint to resume (run `cnas-ir train` without --resume)")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError) as e:
-        raise InputError(f"{path}: corrupt checkpoint ({e})") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a cnas-ir training checkpoint")
-    if meta.get("version") != str(_CHECKPOINT_VERSION):
-        raise InputError(
-            f"{path}: checkpoint version {meta.get('version')!r}, this cnas-ir reads {_CHECKPOINT_VERSION}"
-        )
-    if meta.get("fingerprint") != fingerprint:
-        raise InputError(
-            f"{path}: checkpoint is of another graph, spec, dataset or seed than this run "
-            f"(start without --resume to train from scratch)"
-        )
-    state = {k.removeprefix("module."): v for k, v in tensors.items() if k.startswith("module.")}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise InputError(f"{path}: checkpoint does not fit the module ({str(e).splitlines()[0]})") from None
-    sd = opt.state_dict()
-    sd["state"] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, key = k.split(".", 2)
-            sd["state"].setdefault(int(i), {})[key] = v
-    opt.load_state_dict(sd)
-    return int(meta.get("epoch", "0"))
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -537,16 +432,16 @@ def train(
         torch.manual_seed(seed)  # the initialisation of whatever the graph holds no weights for
         module = lower(graph, "compact", weights=not reinit).to(dev, **layout)
         opt = sgd(module.parameters(), recipe)
-        fingerprint = _fingerprint(graph, splits.name, aug, reinit, seed)
-        ckpt = _checkpoint_path(run, checkpoint) if run is not None else None
+        fingerprint = run_fingerprint(graph, splits.name, aug, reinit, seed)
+        ckpt = checkpoint_path(run, checkpoint) if run is not None else None
         if ckpt is not None and not resume and distributed.restarted():
             # torchrun restarted the workers after a failure: continue this run's checkpoint
             # (when every rank sees one), do not start over.
-            resume = not _any_rank(not _resumable(ckpt, fingerprint, epochs), dev)
+            resume = not _any_rank(not resumable(ckpt, fingerprint, epochs), dev)
         first = 0
         if resume:
             assert ckpt is not None
-            first = _load_checkpoint(ckpt, module, opt, fingerprint)  # every rank reads rank 0's file
+            first = load_checkpoint(ckpt, module, opt, fingerprint)  # every rank reads rank 0's file
             if first > epochs:
                 raise InputError(f"--epochs {epochs}: the checkpoint {ckpt} already has {first} epochs")
         elif ckpt is not None:
@@ -634,7 +529,7 @@ def train(
                 val = evaluate_module(module, splits.val, dev, shard=world > 1, amp=amp)
                 with distributed.rank0_writes() as writer:
                     if writer and ckpt is not None:
-                        _save_checkpoint(ckpt, module, opt, epoch + 1, epochs, fingerprint)
+                        save_checkpoint(ckpt, module, opt, epoch + 1, epochs, fingerprint)
                 record = {
                     "cmd": "train",
                     "epoch": epoch + 1,
