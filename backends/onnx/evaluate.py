@@ -67,7 +67,7 @@ class ExportedModel:
         try:
             spec_data = json.loads(props[META_SPEC])
             data = json.loads(props.get(META_DATA, "{}"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # protobuf hands over a non-UTF-8 string as bytes
             raise InputError(f"{path}: damaged cnas-ir metadata (bad JSON: {e})") from None
         spec = parse_spec(spec_data, f"{path}:{META_SPEC}")
         if not isinstance(data, dict):
