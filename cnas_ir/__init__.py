@@ -45,10 +45,20 @@ def build(spec: Spec | str | Path | dict[str, Any], *, max_memory: int | None = 
 
 
 def load(path: str | Path) -> Graph:
-    """Read a ``.cnas`` artifact (see :mod:`cnas_ir.format`)."""
+    """Read a ``.cnas`` artifact (see :mod:`cnas_ir.format`) and hold its graph against the
+    one-shot structure of its own spec (:func:`cnas_ir.passes.build.check_one_shot`): a file
+    whose checksums were recomputed after damage is refused in one line."""
+    from cnas_ir.errors import InputError
     from cnas_ir.format import load as _load
+    from cnas_ir.ir import VerifyError
+    from cnas_ir.passes.build import check_one_shot
 
-    return _load(path)
+    graph = _load(path)
+    try:
+        check_one_shot(graph)
+    except VerifyError as e:
+        raise InputError(f"{path}: corrupt .cnas artifact (invalid graph: {e})") from None
+    return graph
 
 
 def save(graph: Graph, path: str | Path) -> Path:

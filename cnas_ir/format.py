@@ -337,3 +337,5 @@ def _check_weights(path: Path, graph: Graph) -> None:
         w = graph.weights[name]
         if w.shape != info.shape or w.dtype != np.float32:
             raise _corrupt(path, f"weight {name} has shape {w.shape} {w.dtype}, expected {info.shape} float32")
+        if not np.isfinite(w).all():  # training stops before a non-finite weight is ever saved
+            raise _corrupt(path, f"weight {name} holds non-finite values")

@@ -34,6 +34,7 @@ SPEC_DEPTH = 2
 # Counts and sizes fit the IR's int32 columns (vertex ids, resolutions), and every size the
 # estimate multiplies out of them stays a finite float; seeds fit numpy's and torch's generators.
 MAX_INT = 2**31 - 1
+MAX_IMAGE_SIZE = 2**16
 Positive = Annotated[int, Field(gt=0, le=MAX_INT)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -41,13 +42,15 @@ PositiveFloat = Annotated[float, Field(gt=0.0)]
 
 
 class _Strict(BaseModel):
-    # strict: "36" is not 36, true is not 1; extra="forbid": a typo is an error, not a default.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # strict: "36" is not 36, true is not 1; extra="forbid": a typo is an error, not a default;
+    # allow_inf_nan=False: a learning rate of .inf or .nan is refused, not trained into NaN.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class InputSpec(_Strict):
     channels: Positive = 3
-    size: Positive = 32
+    # At most 65,536 pixels a side: multiply-add counts (int64) stay exact far beyond any image.
+    size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)] = 32
 
 
 class NasnetSpec(_Strict):

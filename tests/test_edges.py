@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cnas_ir.errors import MAX_LINE, one_line
+from helpers import EXAMPLES
 from helpers import run_cli as run
 
 # Nine levels of aliases, each a list of ten of the previous: 10^9 strings once expanded.
@@ -103,3 +104,52 @@ def test_one_line_shortens_values_paths_and_the_whole() -> None:
     assert "\n" not in line and len(line) <= MAX_LINE
     assert line.startswith(".../") and "artifact.cnas: bad thing" in line
     assert one_line("x " * 400).endswith("...") and len(one_line("x " * 400)) == MAX_LINE
+
+
+def test_public_load_holds_the_graph_against_its_spec(tmp_path: Path) -> None:
+    # Two x vertices that copy each other's source channel: the verifier's local checks pass,
+    # the spec's one-shot structure does not (the file's checksums are fine: it is saved as it is).
+    import cnas_ir
+    from cnas_ir.errors import InputError
+    from cnas_ir.format import load as format_load
+
+    g = cnas_ir.build(EXAMPLES / "tiny.yaml")
+    src = g.src.copy()
+    x = g.x_ids
+    src[x[0]], src[x[1]] = src[x[1]], src[x[0]]
+    cnas_ir.save(g.replace(src=src), tmp_path / "bad.cnas")
+    format_load(tmp_path / "bad.cnas")  # the format's own checks pass
+    with pytest.raises(InputError, match=r"bad.cnas: corrupt .cnas artifact \(invalid graph: column src differs"):
+        cnas_ir.load(tmp_path / "bad.cnas")
+
+
+def test_non_finite_weights_are_corrupt(tmp_path: Path) -> None:
+    import numpy as np
+
+    import cnas_ir
+    from cnas_ir.errors import InputError
+    from cnas_ir.weights import weight_table
+
+    g = cnas_ir.build(EXAMPLES / "tiny.yaml")
+    w = {n: np.zeros(i.shape, np.float32) for n, i in weight_table(g).items()}
+    name = sorted(w)[3]
+    w[name].flat[0] = np.nan
+    cnas_ir.save(g.replace(weights=w), tmp_path / "nan.cnas")
+    with pytest.raises(InputError, match=rf"weight {name} holds non-finite values"):
+        cnas_ir.load(tmp_path / "nan.cnas")
+
+
+@pytest.mark.parametrize(
+    "doc,key",
+    [
+        ({"train": {"lr": float("inf")}}, "train.lr"),
+        ({"search": {"gamma": float("nan")}}, "search.gamma"),
+        ({"input": {"size": 2**16 + 1}}, "input.size"),
+    ],
+)
+def test_infinite_values_and_huge_images_are_refused(doc: dict, key: str) -> None:
+    from cnas_ir.errors import InputError
+    from cnas_ir.spec import parse_spec
+
+    with pytest.raises(InputError, match=key.replace(".", r"\.")):
+        parse_spec({"name": "x"} | doc)

@@ -460,7 +460,7 @@ def _cells_to_draw(graph: Graph) -> tuple[list[tuple[str, int]], str | None]:
 
 def build_report(run_dir: str | Path, artifact: str | Path | None = None) -> str:
     """The HTML page for run directory ``run_dir`` (its newest artifact, or ``artifact``)."""
-    from cnas_ir.format import load
+    from cnas_ir import load
 
     run = RunDir(run_dir)
     if not run.path.is_dir():
