@@ -111,7 +111,9 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     print(f"\ntotal {seconds:.0f} s with {args.jobs} job(s)")
     if args.json:
-        doc = {"spec": str(args.spec), "rho": args.rho, "seeds": args.seeds, "jobs": args.jobs, "seconds": seconds,
+        spec = args.spec.resolve()
+        shown = spec.relative_to(ROOT) if spec.is_relative_to(ROOT) else spec  # no machine paths in results
+        doc = {"spec": str(shown), "rho": args.rho, "seeds": args.seeds, "jobs": args.jobs, "seconds": seconds,
                "runs": rows, "summary": summary}  # fmt: skip
         args.json.write_text(json.dumps(doc, indent=1))
 
