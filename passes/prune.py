@@ -37,10 +37,10 @@ from typing import Literal, get_args
 import numpy as np
 
 from cnas_ir.errors import InputError
-from cnas_ir.ir import COST, Edge, Graph, Kind
+from cnas_ir.ir import Graph, Kind
 from cnas_ir.passes.base import Pass, PassError, PassResult
 from cnas_ir.passes.fold import fold
-from cnas_ir.passes.stats import compute_stats
+from cnas_ir.passes.stats import CellStats, compute_stats, macs_per_src_channel
 from cnas_ir.weights import weight_table
 
 __all__ = [
@@ -64,12 +64,6 @@ Budget = Literal["params", "macs"]
 BUDGETS: tuple[str, ...] = get_args(Budget)
 _UNIT = {"params": "parameters", "macs": "multiply-adds"}
 
-# Per edge kind: the multiply-add polynomial of cnas_ir.ir.Cost, as rows to index by bundle kind.
-_MACS_TABLE = np.array(
-    [[c.macs_pair, c.macs_src, c.macs_at_src, c.spatial] for c in (COST[Edge(i)] for i in range(len(Edge)))],
-    dtype=np.int64,
-)
-
 
 def check_budget(budget: str) -> None:
     """Refuse an unknown budget in one line naming it."""
@@ -89,22 +83,23 @@ def x_cost(g: Graph, budget: str = "params") -> np.ndarray:
     if budget == "params":
         return g.x_cost
     feeds = np.flatnonzero(g.kind[g.bundle_src] == Kind.X)
-    src, dst = g.bundle_src[feeds], g.bundle_dst[feeds]
-    m_pair, m_src, at_src, spatial = _MACS_TABLE[g.bundle_kind[feeds]].T
-    r = np.where(at_src == 1, g.res[src], g.res[dst]).astype(np.int64)
     per_group = np.zeros(g.num_groups, dtype=np.int64)
-    per_group[src] = (m_src + m_pair * g.size[dst]) * np.where(spatial == 1, r * r, 1)
+    per_group[g.bundle_src[feeds]] = macs_per_src_channel(g)[feeds]
     out = per_group[g.vertex_group]
     out[g.kind[g.vertex_group] != Kind.X] = 0
     return out
+
+
+def _live_and_full(total: CellStats, budget: str) -> tuple[int, int]:
+    """(live, one-shot) of a stats row in the ``budget``'s unit."""
+    return (total.params_live, total.params) if budget == "params" else (total.macs_live, total.macs)
 
 
 def cell_cost(g: Graph, budget: str = "params") -> tuple[int, int]:
     """(live, one-shot) cost of the cells under ``budget`` (parameters, or multiply-adds per image
     at the spec's input size), after folding ``g``."""
     check_budget(budget)
-    total = compute_stats(fold(g)).total
-    return (total.params_live, total.params) if budget == "params" else (total.macs_live, total.macs)
+    return _live_and_full(compute_stats(fold(g)).total, budget)
 
 
 def cell_params(g: Graph) -> tuple[int, int]:
@@ -115,8 +110,7 @@ def cell_params(g: Graph) -> tuple[int, int]:
 def min_feasible_rho(g: Graph, budget: str = "params") -> float:
     """The fixed preprocessing share of the one-shot cells' cost: no rho can go below it."""
     check_budget(budget)
-    total = compute_stats(g).total
-    full = total.params if budget == "params" else total.macs
+    _, full = _live_and_full(compute_stats(g).total, budget)
     prunable = int(x_cost(g, budget)[g.x_ids].sum())
     return (full - prunable) / full
 
@@ -244,10 +238,8 @@ def prune_to_rho(
     check_budget(budget)
     check_rho(graph, rho, budget)
     g = fold(graph)
-    total = compute_stats(g).total
-    full = total.params if budget == "params" else total.macs
+    live, full = _live_and_full(compute_stats(g).total, budget)
     target = math.floor(rho * full)
-    live = total.params_live if budget == "params" else total.macs_live
     for index in range(1, max_iterations + 1):
         if live <= target:
             break
@@ -255,7 +247,7 @@ def prune_to_rho(
         g = score(g)
         g = PruneStep(gamma=gamma, target=target, budget=budget)(g).graph
         t = compute_stats(g).total  # counts the fold closure of the mask: no fold needed here
-        live = t.params_live if budget == "params" else t.macs_live
+        live, _ = _live_and_full(t, budget)
         x_live = int(g.alive[g.x_ids].sum())
         it = Iteration(index, before - x_live, x_live, t.params_live, t.params_live / t.params,
                        t.macs_live, t.macs_live / t.macs, budget)  # fmt: skip

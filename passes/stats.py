@@ -15,7 +15,7 @@ import numpy as np
 from cnas_ir.ir import COST, DENSE, Edge, Graph, Kind
 from cnas_ir.passes.fold import live_closure
 
-__all__ = ["CellStats", "Stats", "compute_stats", "format_table"]
+__all__ = ["CellStats", "Stats", "compute_stats", "format_table", "macs_per_src_channel"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,21 @@ _COST_TABLE = np.array(
 _DENSE_KINDS = np.array(sorted(DENSE), dtype=np.uint8)
 
 
+def _pixels(g: Graph, at_src: np.ndarray, spatial: np.ndarray) -> np.ndarray:
+    """Per bundle: the output pixels its multiply-adds repeat over (r^2 at the resolution where
+    the op runs; 1 for a bundle that is not spatial)."""
+    r = np.where(at_src == 1, g.res[g.bundle_src], g.res[g.bundle_dst]).astype(np.int64)
+    return np.where(spatial == 1, r * r, 1)
+
+
+def macs_per_src_channel(g: Graph) -> np.ndarray:
+    """int64[bundles]: the multiply-adds per image one src channel costs in each bundle at its
+    one-shot dst width t, ``(macs_src + macs_pair * t) * r^2`` -- an x vertex's cost under
+    ``prune --budget macs``."""
+    _, _, _, m_pair, m_src, at_src, spatial = _COST_TABLE[g.bundle_kind].T
+    return (m_src + m_pair * g.size[g.bundle_dst].astype(np.int64)) * _pixels(g, at_src, spatial)
+
+
 def _counts(g: Graph, alive: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per bundle: params, multiply-adds, channel edges; ``alive=None`` counts the one-shot graph."""
     live = g.size.astype(np.int64) if alive is None else g.live_counts(alive)
@@ -92,8 +107,7 @@ def _counts(g: Graph, alive: np.ndarray | None) -> tuple[np.ndarray, np.ndarray,
     t = live[g.bundle_dst]
     pair, per_src, per_dst, m_pair, m_src, at_src, spatial = _COST_TABLE[g.bundle_kind].T
     params = pair * s * t + per_src * s + per_dst * t
-    r = np.where(at_src == 1, g.res[g.bundle_src], g.res[g.bundle_dst]).astype(np.int64)
-    macs = (m_pair * s * t + m_src * s) * np.where(spatial == 1, r * r, 1)
+    macs = (m_pair * s * t + m_src * s) * _pixels(g, at_src, spatial)
     # Dense bundles join every src channel to every dst channel; the others (identities, sums,
     # concatenations: a z is one part of its c) join each src channel to one dst channel.
     edges = np.where(np.isin(g.bundle_kind, _DENSE_KINDS), s * t, s)
