@@ -446,3 +446,29 @@ def test_multiply_adds_counted_by_torch_match_stats(space: str) -> None:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(x)
     assert counter.get_total_flops() == 2 * 2 * compute_stats(g).macs_live
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 7), (6, 5)])
+def test_factorized_reduce_is_the_shifted_stride_two_pair(size: tuple[int, int]) -> None:
+    """The factorized reduce (SPEC §8) against its definition written here: conv1 (1x1, stride 2)
+    of ReLU(a), conv2 (1x1, stride 2) of ReLU(a) shifted up and left by one pixel with a zero
+    fill, concatenated, then BN; in training (batch statistics) and in its gradients."""
+    import torch.nn.functional as F
+
+    from cnas_ir.backends.pytorch.nasnet import FactorizedReduce
+
+    torch.manual_seed(0)
+    fr = FactorizedReduce(6, 10).double().train()
+    a = torch.randn(3, 6, *size, dtype=torch.float64, requires_grad=True)
+    h = F.relu(a)
+    shifted = F.pad(h, (0, 1, 0, 1))[:, :, 1:, 1:]
+    cat = torch.cat([F.conv2d(h, fr.conv1.weight, stride=2), F.conv2d(shifted, fr.conv2.weight, stride=2)], 1)
+    want = F.batch_norm(cat, None, None, training=True, eps=fr.bn.eps)
+    got = fr(a)
+    assert got.shape == (3, 10, (size[0] + 1) // 2, (size[1] + 1) // 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    g = torch.randn_like(want)
+    (ga, gw1, gw2) = torch.autograd.grad(want, (a, fr.conv1.weight, fr.conv2.weight), g)
+    (ha, hw1, hw2) = torch.autograd.grad(got, (a, fr.conv1.weight, fr.conv2.weight), g)
+    for x, y in ((ga, ha), (gw1, hw1), (gw2, hw2)):
+        torch.testing.assert_close(y, x, rtol=0, atol=1e-10)

@@ -15,7 +15,7 @@ from cnas_ir.passes.plan import CellPlan
 
 from .buffered import Pool, gather_columns, image, rows
 from .buffered import hooked as _hooked
-from .buffered import shifted as _shifted
+from .buffered import reduce_pixels as _reduce_pixels
 from .nasnet import Preprocess, SepConv
 
 if TYPE_CHECKING:
@@ -219,13 +219,12 @@ class FusedCell:
             todo += [which for which, _ in group if which is not None]
         for which in sorted(todo):
             x, convs = (a, b)[which], pre[which]
-            stride = 1 if single[which] else 2
             at = 0
             for i, (wt, bias) in enumerate(convs):
-                xi = x if i == 0 else _shifted(x)  # a factorized reduce's conv2
+                xi = x if single[which] else _reduce_pixels(x, i)
                 part = parts[which][:, at : at + wt.shape[0]]
                 if x.shape[1]:
-                    torch.clamp_min(F.conv2d(xi, wt, bias, stride=stride), 0, out=part)
+                    torch.clamp_min(F.conv2d(xi, wt, bias), 0, out=part)
                 else:  # no input channel kept: the conv is 0, the output its bias
                     torch.clamp_min(bias.view(1, -1, 1, 1).expand_as(part), 0, out=part)
                 at += wt.shape[0]

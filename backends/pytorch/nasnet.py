@@ -17,7 +17,7 @@ from cnas_ir.passes.plan import CellPlan, OpPart, OpPlan, Read
 from .buffered import Pool, run_cell
 from .buffered import conv1x1 as _conv1x1
 from .buffered import hooked as _hooked
-from .buffered import shifted as _shifted
+from .buffered import reduce_pixels as _reduce_pixels
 from .layers import Cache, Gather, Piece, Tap
 
 __all__ = ["FactorizedReduce", "NasnetCell", "Preprocess", "SepConv", "part_pieces"]
@@ -42,13 +42,15 @@ class Preprocess(nn.Module):
 class FactorizedReduce(nn.Module):
     """d = BN(concat(conv1(relu a), conv2(relu a shifted by a pixel))), both 1x1 stride 2.
 
-    (N, cin, H, W) -> (N, C, ceil(H/2), ceil(W/2)); conv1 has C//2 outputs, conv2 C - C//2.
+    (N, cin, H, W) -> (N, C, ceil(H/2), ceil(W/2)); conv1 has C//2 outputs, conv2 C - C//2. The
+    modules' convs have stride 1: each reads its pixels of ReLU(a), subsampled
+    (:func:`~.buffered.reduce_pixels`).
     """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout // 2, 1, stride=2, bias=False)
-        self.conv2 = nn.Conv2d(cin, cout - cout // 2, 1, stride=2, bias=False)
+        self.conv1 = nn.Conv2d(cin, cout // 2, 1, bias=False)
+        self.conv2 = nn.Conv2d(cin, cout - cout // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout, affine=False)
 
     def forward(self, a: Tensor) -> Tensor:
@@ -56,7 +58,9 @@ class FactorizedReduce(nn.Module):
 
     def on_relu(self, h: Tensor) -> Tensor:
         """d from ``h`` = ReLU(a), for a caller that has it already (the buffered path)."""
-        return self.bn(torch.cat([_conv1x1(self.conv1, h), _conv1x1(self.conv2, _shifted(h))], 1))
+        return self.bn(
+            torch.cat([_conv1x1(conv, _reduce_pixels(h, i)) for i, conv in enumerate((self.conv1, self.conv2))], 1)
+        )
 
 
 def part_pieces(part: OpPart, width: int) -> list[Piece]:
