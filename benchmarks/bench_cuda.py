@@ -45,7 +45,7 @@ import bench_gpu  # noqa: E402
 from bench_gpu import VARIANTS  # noqa: E402
 from bench_speed import flop_macs, group_pruned_peer, make_config  # noqa: E402
 
-from cnas_ir.backends.pytorch import lower  # noqa: E402
+from cnas_ir.backends.pytorch import CudaGraphReplay, lower  # noqa: E402
 from cnas_ir.backends.pytorch.train import autocast  # noqa: E402
 
 
@@ -128,18 +128,13 @@ def cuda_time(fn: Callable[[], object], dev: torch.device, reps: int) -> float:
     return statistics.median(times)
 
 
-def graph_replay(m: nn.Module, x: Tensor, dev: torch.device) -> Callable[[], object]:
-    """A CUDA graph of ``m(x)`` under inference_mode; its replay as a callable."""
-    stream = torch.cuda.Stream(dev)
-    stream.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(stream), torch.inference_mode():
-        for _ in range(3):
-            m(x)
-    torch.cuda.current_stream(dev).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        m(x)
-    return graph.replay
+def graph_replay(m: nn.Module, x: Tensor) -> Callable[[], object]:
+    """``m(x)`` replayed from a CUDA graph (the backend's :class:`CudaGraphReplay`, captured
+    here): each call copies ``x`` in, replays and copies the output out, as ``cnas-ir eval
+    --cuda-graph`` does."""
+    replay = CudaGraphReplay(m)
+    replay(x)
+    return lambda: replay(x)
 
 
 def latency(cfg, dev: torch.device, batches: list[int], reps: int) -> list[dict[str, object]]:  # noqa: ANN001
@@ -167,7 +162,7 @@ def latency(cfg, dev: torch.device, batches: list[int], reps: int) -> list[dict[
                     rows.append(row(name, batch, amp, cl, "eager", t, macs))
                     if dev.type == "cuda" and batch == 1 and amp == "off":
                         try:
-                            t = cuda_time(graph_replay(mi, xi, dev), dev, reps)
+                            t = cuda_time(graph_replay(mi, xi), dev, reps)
                             rows.append(row(name, batch, amp, cl, "cuda graph", t, macs))
                         except Exception as e:  # report, do not stop the run
                             print(f"cuda graph of {name} failed: {type(e).__name__}: {e}")

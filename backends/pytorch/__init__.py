@@ -14,6 +14,7 @@ import os
 
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
+from cnas_ir.backends.pytorch.graphs import CudaGraphReplay  # noqa: E402
 from cnas_ir.backends.pytorch.lower import CnasModule, Mode, lower, to_graph  # noqa: E402
 
-__all__ = ["CnasModule", "Mode", "lower", "to_graph"]
+__all__ = ["CnasModule", "CudaGraphReplay", "Mode", "lower", "to_graph"]

@@ -295,12 +295,16 @@ def evaluate(
     device: str = "auto",
     batch_size: int = _EVAL_BATCH,
     threads: int | None = None,
+    cuda_graph: bool = False,
 ) -> dict[str, float]:
     """Loss, accuracy and sample count of ``graph``'s trained network on one split.
 
     ``data`` defaults to the dataset of ``graph.spec``. A graph without weights is refused.
     ``threads``: CPU intra-op threads (default: one for small inputs, else torch's default).
+    ``cuda_graph``: replay each batch shape from a CUDA graph (:class:`.graphs.CudaGraphReplay`;
+    a CUDA device only).
     """
+    from .graphs import CudaGraphReplay
     from .lower import lower
 
     if not graph.weights:
@@ -308,9 +312,13 @@ def evaluate(
     # an image folder: normalised as the graph was trained, and refused unless of its classes
     splits = data if data is not None else load_dataset(graph.spec, stats=graph.data, classes=graph.data.get("classes"))
     dev = pick_device(device)
-    module = lower(graph, "compact")  # loads graph.weights
+    if cuda_graph and dev.type != "cuda":
+        raise InputError(f"--cuda-graph: CUDA graph replay needs a CUDA device, and the device is {dev}")
+    module: torch.nn.Module = lower(graph, "compact").to(dev)  # loads graph.weights
+    if cuda_graph:
+        module = CudaGraphReplay(module)
     with cpu_threads(dev, graph, threads):
-        return evaluate_module(module.to(dev), splits.split(split), dev, batch_size)
+        return evaluate_module(module, splits.split(split), dev, batch_size)
 
 
 # ---- training ----------------------------------------------------------------------------------

@@ -264,9 +264,22 @@ def train(
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: split, data, n, loss, accuracy.")
 @click.option("--workers", type=click.IntRange(min=0), metavar="N", help=_WORKERS_HELP)
+@click.option(
+    "--cuda-graph",
+    is_flag=True,
+    help="Replay each batch shape from a CUDA graph instead of launching its kernels one by one "
+    "(a CUDA device only; pays at small batches, where eager launches dominate).",
+)
 @pass_ctx
 def evaluate(
-    ctx: Context, artifact: str | None, data: str | None, split: str, device: str, as_json: bool, workers: int | None
+    ctx: Context,
+    artifact: str | None,
+    data: str | None,
+    split: str,
+    device: str,
+    as_json: bool,
+    workers: int | None,
+    cuda_graph: bool,
 ) -> None:
     """Loss and accuracy of ARTIFACT's trained network on a split of its dataset.
 
@@ -281,6 +294,9 @@ def evaluate(
     """
     if artifact is not None and artifact.lower().endswith(".onnx"):
         from cnas_ir.backends.onnx.evaluate import evaluate_onnx
+
+        if cuda_graph:
+            raise InputError("--cuda-graph: a PyTorch option; an ONNX model runs in onnxruntime")
 
         path = Path(artifact)
         name, result, provider = evaluate_onnx(path, split, data=data, device=device, workers=workers)
@@ -298,7 +314,7 @@ def evaluate(
     if not graph.weights:
         raise InputError(f"{path}: has no weights to evaluate; train it first (`cnas-ir train`)")
     splits = _load_data(graph, data, workers, same_classes=True)
-    result = evaluate_graph(graph, split, data=splits, device=device)
+    result = evaluate_graph(graph, split, data=splits, device=device, cuda_graph=cuda_graph)
     if as_json:
         echo_json({"artifact": str(path), "data": splits.name, "split": split, **result})
     else:
