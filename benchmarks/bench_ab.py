@@ -6,10 +6,12 @@ its own (``old_pytorch``, without its ``__init__``), so the old ``lower.py`` imp
 siblings (``buffered``, ``fused``, ...); the core (``cnas_ir``, ``passes``) is the working
 tree's. Both lower the same pruned graph (same weights), and their eval-mode forwards under
 ``torch.inference_mode`` are timed in interleaved rounds (medians), in channels_last and
-channels-first. The outputs must agree to float32 rounding. Config: a bench_speed.py
-configuration (default: the paper spec pruned at random to rho 0.46)::
+channels-first. The outputs must agree to float32 rounding. ``--train`` times a training step
+instead (zero_grad, forward in training mode, cross-entropy, backward; no optimizer step), at
+the first batch size only, in channels_last. Config: a bench_speed.py configuration (default:
+the paper spec pruned at random to rho 0.46)::
 
-    python benchmarks/bench_ab.py REV [--config paper-random-0.46] [--batches 32 1] [--rounds 7]
+    python benchmarks/bench_ab.py REV [--config paper-random-0.46] [--batches 32 1] [--rounds 7] [--train]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")  # see bench_speed.py
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import CONFIGS, ROOT, make_config, race  # noqa: E402
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 1])
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds at batch 32 (batch 1: 3x as many)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train", action="store_true", help="time a training step (first batch size, channels_last)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,6 +64,9 @@ def main() -> None:
         cfg = make_config(args.config, 0)
         size, channels = cfg.pruned.spec.input.size, cfg.pruned.spec.input.channels
         print(f"torch {torch.__version__}, {args.threads} threads; {args.config}; before: {args.rev}")
+        if args.train:
+            train_race(old_mod, cfg.pruned, args.batches[0], args.rounds)
+            return
         for batch in args.batches:
             rounds = args.rounds if batch > 1 else 3 * args.rounds
             for fmt, lay in ((torch.channels_last, "channels_last"), (torch.contiguous_format, "channels-first")):
@@ -74,6 +81,34 @@ def main() -> None:
                 b, a = (med[k] * 1e3 for k in ("before", "after"))
                 print(f"batch {batch:2d} {lay:14s}: before {b:7.1f} ms, after {a:7.1f} ms ({a / b:.2f}x); "
                       f"max |after - before| {diff:.1e}")  # fmt: skip
+
+
+def train_race(old_mod: types.ModuleType, graph: object, batch: int, rounds: int) -> None:
+    """Training steps of the two lowerings in channels_last, interleaved; their losses must agree."""
+    spec = graph.spec  # type: ignore[attr-defined]
+    fmt = torch.channels_last
+    x = torch.randn(batch, spec.input.channels, spec.input.size, spec.input.size).contiguous(memory_format=fmt)
+    y = torch.randint(0, spec.classes, (batch,))
+    models = {
+        "before": old_mod.lower(graph, "compact").train().to(memory_format=fmt),
+        "after": NEW.lower(graph, "compact").train().to(memory_format=fmt),
+    }
+
+    def step(m: torch.nn.Module) -> float:
+        m.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        return loss.item()
+
+    losses = []
+    for m in models.values():
+        torch.manual_seed(0)  # the same dropout draws
+        losses.append(step(m))
+    diff = abs(losses[1] - losses[0])
+    med = race({k: (lambda m=m: step(m)) for k, m in models.items()}, rounds)
+    b, a = (med[k] * 1e3 for k in ("before", "after"))
+    print(f"training step, batch {batch}, channels_last: before {b:7.1f} ms, after {a:7.1f} ms ({a / b:.2f}x); "
+          f"|loss after - before| {diff:.1e}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -472,3 +472,22 @@ def test_factorized_reduce_is_the_shifted_stride_two_pair(size: tuple[int, int])
     (ha, hw1, hw2) = torch.autograd.grad(got, (a, fr.conv1.weight, fr.conv2.weight), g)
     for x, y in ((ga, ha), (gw1, hw1), (gw2, hw2)):
         torch.testing.assert_close(y, x, rtol=0, atol=1e-10)
+
+
+def test_factorized_reduce_gradient_keeps_the_input_layout() -> None:
+    """The factorized reduce of a ReLU'd cell output (``on_relu``, as the buffered path calls it)
+    gives a channels_last input a channels_last gradient. Autograd's own backward of the two
+    subsampling slices returned a channels-first one, which every later add and the copy into
+    the gradient buffer then had to transpose."""
+    from cnas_ir.backends.pytorch.nasnet import FactorizedReduce
+
+    torch.manual_seed(0)
+    fr = FactorizedReduce(6, 10).train().to(memory_format=torch.channels_last)
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        for size in ((8, 8), (7, 6)):
+            leaf = torch.randn(3, 6, *size).contiguous(memory_format=fmt).requires_grad_()
+            h = leaf.clamp_min(0)  # not a leaf: a leaf's .grad is made to follow the leaf's layout
+            grads: list[torch.Tensor] = []
+            h.register_hook(grads.append)
+            fr.on_relu(h).sum().backward()
+            assert grads[0].is_contiguous(memory_format=fmt)

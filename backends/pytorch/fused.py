@@ -220,8 +220,8 @@ class FusedCell:
         for which in sorted(todo):
             x, convs = (a, b)[which], pre[which]
             at = 0
-            for i, (wt, bias) in enumerate(convs):
-                xi = x if single[which] else _reduce_pixels(x, i)
+            pixels = (x,) if single[which] else _reduce_pixels(x)
+            for xi, (wt, bias) in zip(pixels, convs, strict=True):
                 part = parts[which][:, at : at + wt.shape[0]]
                 if x.shape[1]:
                     torch.clamp_min(F.conv2d(xi, wt, bias), 0, out=part)

@@ -58,9 +58,8 @@ class FactorizedReduce(nn.Module):
 
     def on_relu(self, h: Tensor) -> Tensor:
         """d from ``h`` = ReLU(a), for a caller that has it already (the buffered path)."""
-        return self.bn(
-            torch.cat([_conv1x1(conv, _reduce_pixels(h, i)) for i, conv in enumerate((self.conv1, self.conv2))], 1)
-        )
+        convs = (self.conv1, self.conv2)
+        return self.bn(torch.cat([_conv1x1(conv, x) for conv, x in zip(convs, _reduce_pixels(h), strict=True)], 1))
 
 
 def part_pieces(part: OpPart, width: int) -> list[Piece]:
