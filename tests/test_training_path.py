@@ -175,3 +175,22 @@ def test_ops_of_a_node_train_merged_unless_a_tap_is_hooked(monkeypatch: pytest.M
     calls.clear()
     m(x)
     assert len(calls) == merged - 1  # that op's node runs op by op, its tap called
+
+
+def test_a_cell_runs_the_next_cells_d_a_with_its_d_b(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stacked preprocessing (one 1x1 conv for a cell's d_b and the next cell's d_a, both of
+    the same input) runs in the specs that test_buffered_training_equals_masked checks, also
+    where the two widths differ (the next cell a reduction cell): that test covers it."""
+    stacked: list[tuple[int, int]] = []
+    real = buffered._stacked_preprocess
+
+    def spy(cell, after, b):  # noqa: ANN001, ANN202
+        out = real(cell, after, b)
+        if out is not None:
+            stacked.append((out[0].shape[1], out[1].shape[1]))
+        return out
+
+    monkeypatch.setattr(buffered, "_stacked_preprocess", spy)
+    g = calibrated(random_alive(GRAPHS["nasnet-2x2"](), 0, fold=True), 0)
+    lower(g, "compact").double().train()(torch.randn(5, 3, SIZE, SIZE, dtype=torch.float64))
+    assert (6, 6) in stacked and (6, 12) in stacked

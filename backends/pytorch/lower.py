@@ -110,10 +110,14 @@ class CnasModule(nn.Module):
                     prev_prev, prev = prev, out
                 return self.head(prev)
             if all(c.bufferable() for c in cells):
+                # Likewise a cell runs the next one's d_a with its own d_b when it can.
                 prev = F.relu(b)
                 prev_prev = prev if a is b else F.relu(a)
+                d_a = None
                 for i, cell in enumerate(cells, 1):
-                    prev_prev, prev = prev, run_cell(cell, prev_prev, prev, relu_out=i < len(cells))
+                    after = cells[i] if i < len(cells) else None
+                    out, d_a = run_cell(cell, prev_prev, prev, relu_out=after is not None, d_a=d_a, next_cell=after)
+                    prev_prev, prev = prev, out
                 return self.head(prev)
         prev_prev, prev = a, b
         for cell in cells:
