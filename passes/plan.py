@@ -19,6 +19,15 @@ NASNet cells (:func:`nasnet_plan`):
 - **Ops.** Each live op reads its live x in x order (copies of d first, then of z_1, z_2, ...), in
   one part per stride: in a reduction cell the copies of d at stride 2, those of z at stride 1.
   A part's weight columns are a consecutive range of the op's live x.
+- **Preprocessing.** A cell computes ``d_a`` and ``d_b`` only where some op reads them
+  (``reads_d``): an unread one is dead computation. (In training, the PyTorch path still runs it
+  without autograd, for its BatchNorm's running statistics, as the masked module does; its conv
+  gets no gradient, as DistributedDataParallel expects of an unused parameter.) The 1x1 convs
+  that read one tensor run as one conv with their rows stacked (``stacked``): a cell's d_b and
+  the next cell's d_a both read the cell's input b (the next cell's rows are handed on to it
+  raw), and in the first cell d_a reads b too (both the stem). One conv reads its input once
+  and is wider, which suits the vector units, and in training gives the input one gradient
+  instead of two.
 - **Merged nodes** (inference): the J ops of a node read as one gather per stride and run as one
   depthwise conv and one pointwise conv with each op's BatchNorm folded into its pointwise
   columns (exact only with BatchNorm's running statistics: eval mode). In training each op
@@ -34,7 +43,7 @@ vertex, has a plan too: the reference path reads it the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -157,7 +166,14 @@ class NodePlan:
 class CellPlan:
     """A NASNet cell: ``buffers`` (channels, resolution) of its state buffers, where each state
     sits (``state_slot[s]`` = (buffer, offset), None for a state not computed), its nodes, and
-    ``output`` (buffer, offset, channels): the ReLU'd cell output, the z of the computed nodes."""
+    ``output`` (buffer, offset, channels): the ReLU'd cell output, the z of the computed nodes.
+
+    ``reads_d``: whether some op reads relu(d_a), relu(d_b) (an unread one is not computed);
+    ``stacked``: the preprocessing 1x1 convs of the cell's input b that run as one conv, their
+    rows stacked in this order, as (cell offset, d index) pairs: ``(0, 0)`` this cell's d_a (the
+    first cell, whose a is b), ``(0, 1)`` its d_b, ``(1, 0)`` the next cell's d_a, whose rows
+    are handed on raw; empty when d_b runs alone.
+    """
 
     index: int
     reduction: bool
@@ -168,6 +184,8 @@ class CellPlan:
     state_slot: tuple[tuple[int, int] | None, ...]
     nodes: tuple[NodePlan, ...]
     output: tuple[int, int, int]
+    reads_d: tuple[bool, bool]
+    stacked: tuple[tuple[int, int], ...] = ()
 
     @property
     def state_sizes(self) -> list[int]:
@@ -201,7 +219,36 @@ def nasnet_plan(g: Graph, keep: np.ndarray) -> list[CellPlan]:
     """
     masked = bool(keep.all())
     vg = g.vertex_group
-    return [_cell_plan(g, cell, keep, masked, vg) for cell in g.cells]
+    plans = [_cell_plan(g, cell, keep, masked, vg) for cell in g.cells]
+    nexts: list[tuple[Cell, CellPlan] | None] = [*zip(g.cells[1:], plans[1:], strict=True), None]
+    return [
+        replace(plan, stacked=_stacked(g, cell, plan, after))
+        for cell, plan, after in zip(g.cells, plans, nexts, strict=True)
+    ]
+
+
+def _stacked(g: Graph, cell: Cell, plan: CellPlan, after: tuple[Cell, CellPlan] | None) -> tuple[tuple[int, int], ...]:
+    """:attr:`CellPlan.stacked` of ``cell``; ``after``: the next cell and its plan, if any."""
+
+    def source(group: int) -> int:  # the tensor a cell input is: its IDENTITY bundle's source
+        (e,) = np.flatnonzero(g.bundle_dst == group)
+        return int(g.bundle_src[e]) if Edge(int(g.bundle_kind[e])) == Edge.IDENTITY else group
+
+    def pointwise(d: int) -> bool:
+        (e,) = np.flatnonzero(g.bundle_dst == d)
+        return Edge(int(g.bundle_kind[e])) == Edge.PREPROCESS
+
+    b = source(cell.inputs[1])
+    if not (plan.reads_d[1] and pointwise(cell.d[1]) and g.alive[g.group_slice(b)].any()):
+        return ()
+    out: tuple[tuple[int, int], ...] = ((0, 1),)
+    if plan.reads_d[0] and pointwise(cell.d[0]) and source(cell.inputs[0]) == b:
+        out = ((0, 0), *out)
+    if after is not None:
+        cell_after, plan_after = after
+        if plan_after.reads_d[0] and pointwise(cell_after.d[0]) and source(cell_after.inputs[0]) == b:
+            out = (*out, (1, 0))
+    return out if len(out) > 1 else ()
 
 
 def _cell_plan(g: Graph, cell: Cell, keep: np.ndarray, masked: bool, vg: np.ndarray) -> CellPlan:
@@ -281,6 +328,7 @@ def _cell_plan(g: Graph, cell: Cell, keep: np.ndarray, masked: bool, vg: np.ndar
         state_slot=tuple(slots),
         nodes=node_plans,
         output=(zbuf, z_start, offsets[zbuf] - z_start),
+        reads_d=(bool(read_later[0]), bool(read_later[1])),
     )
 
 

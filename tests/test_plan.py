@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_pytorch_lower import nasnet_graph, random_alive
 
-from cnas_ir.ir import Graph, Kind
+from cnas_ir.ir import Edge, Graph, Kind
 from cnas_ir.passes.fold import live_closure
 from cnas_ir.passes.plan import CellPlan, nasnet_plan
 
@@ -133,3 +133,66 @@ def test_padded_reads_are_the_ops_reads_padded_with_their_first_channel(seed: in
                 np.testing.assert_array_equal(row[: want.size], want)
                 assert (row[want.size :] == want[0]).all()
     assert merged
+
+
+def _unread_d_b(g: Graph) -> Graph:
+    """``g`` with every op reading d_a only: no x copies a d_b channel."""
+    alive = g.alive.copy()
+    for cell in g.cells:
+        for node in cell.nodes:
+            for op in node.ops:
+                sl = g.group_slice(op.x)
+                alive[sl] &= g.vertex_group[g.src[sl]] != cell.d[1]
+    return g.replace(alive=alive)
+
+
+def _expected_stacking(g: Graph) -> list[tuple[tuple[bool, bool], tuple[tuple[int, int], ...]]]:
+    """Per cell, rebuilt from the graph's columns: whether a live x copies a channel of d_a, of
+    d_b; and which 1x1 preprocessing convs read the same tensor as d_b (following the IDENTITY
+    bundle into a cell input back to the cell output or stem it copies), where both are read."""
+    kind = dict(zip(g.bundle_dst.tolist(), g.bundle_kind.tolist(), strict=True))
+    src = dict(zip(g.bundle_dst.tolist(), g.bundle_src.tolist(), strict=True))
+    reads = []
+    for cell in g.cells:
+        x = np.concatenate([np.flatnonzero(g.alive[g.group_slice(op.x)]) + g.start[op.x] for op in cell.ops])
+        groups = set(g.vertex_group[g.src[x]].tolist())
+        reads.append((cell.d[0] in groups, cell.d[1] in groups))
+    out = []
+    for i, cell in enumerate(g.cells):
+        b = src[cell.inputs[1]]
+        pointwise = [kind[d] == Edge.PREPROCESS for d in cell.d]
+        stacked: list[tuple[int, int]] = []
+        if reads[i][1] and pointwise[1] and g.alive[g.group_slice(b)].any():
+            if reads[i][0] and pointwise[0] and src[cell.inputs[0]] == b:
+                stacked.append((0, 0))
+            stacked.append((0, 1))
+            if i + 1 < len(g.cells):
+                after = g.cells[i + 1]
+                if reads[i + 1][0] and kind[after.d[0]] == Edge.PREPROCESS and src[after.inputs[0]] == b:
+                    stacked.append((1, 0))
+        out.append((reads[i], tuple(stacked) if len(stacked) > 1 else ()))
+    return out
+
+
+@pytest.mark.parametrize("space", GRAPHS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_preprocessing_reads_and_stacking(space: str, seed: int) -> None:
+    g = _closed(random_alive(GRAPHS[space](), seed, fold=True))
+    plans = nasnet_plan(g, g.alive)
+    assert [(p.reads_d, p.stacked) for p in plans] == _expected_stacking(g)
+    # The unpruned network: the first cell stacks d_a, d_b and cell 2's d_a (all of the stem);
+    # a cell before a reduction cell's successor does not (that d_a is a factorized reduce).
+    full = GRAPHS[space]()
+    plans = nasnet_plan(full, full.alive)
+    assert plans[0].stacked == ((0, 0), (0, 1), (1, 0)) and plans[-1].stacked == ()
+    assert [(p.reads_d, p.stacked) for p in plans] == _expected_stacking(full)
+    assert any(p.reduction for p in plans) and all(
+        p.stacked[-1:] != ((1, 0),) for p, q in zip(plans, plans[1:], strict=False) if q.factorized
+    )
+
+
+def test_an_unread_d_b_is_neither_computed_nor_stacked() -> None:
+    g = _closed(_unread_d_b(GRAPHS["nasnet-2x2"]()))
+    plans = nasnet_plan(g, g.alive)
+    assert all(p.reads_d == (True, False) and p.stacked == () for p in plans)
+    assert [(p.reads_d, p.stacked) for p in plans] == _expected_stacking(g)

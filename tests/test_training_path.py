@@ -178,19 +178,42 @@ def test_ops_of_a_node_train_merged_unless_a_tap_is_hooked(monkeypatch: pytest.M
 
 
 def test_a_cell_runs_the_next_cells_d_a_with_its_d_b(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stacked preprocessing (one 1x1 conv for a cell's d_b and the next cell's d_a, both of
-    the same input) runs in the specs that test_buffered_training_equals_masked checks, also
-    where the two widths differ (the next cell a reduction cell): that test covers it."""
-    stacked: list[tuple[int, int]] = []
+    """The plan's stacked preprocessing (one 1x1 conv for a cell's d_b and the next cell's d_a,
+    both of the same input; in the first cell its d_a too) runs in the specs that
+    test_buffered_training_equals_masked checks, also where the widths differ (the next cell a
+    reduction cell): that test covers it."""
+    stacked: list[tuple[int, ...]] = []
     real = buffered._stacked_preprocess
 
     def spy(cell, after, b):  # noqa: ANN001, ANN202
         out = real(cell, after, b)
         if out is not None:
-            stacked.append((out[0].shape[1], out[1].shape[1]))
+            stacked.append(tuple(t.shape[1] for t in out))
         return out
 
     monkeypatch.setattr(buffered, "_stacked_preprocess", spy)
     g = calibrated(random_alive(GRAPHS["nasnet-2x2"](), 0, fold=True), 0)
     lower(g, "compact").double().train()(torch.randn(5, 3, SIZE, SIZE, dtype=torch.float64))
-    assert (6, 6) in stacked and (6, 12) in stacked
+    assert (6, 6, 6) in stacked and (6, 12) in stacked
+
+
+def test_an_unread_d_b_is_skipped_in_eval_and_only_normalised_in_training() -> None:
+    """Where no op reads d_b, the fused eval path does not compute it and the buffered training
+    path runs it only for its BatchNorm's running statistics: both still equal the masked module
+    (eval output; training output, gradients and running statistics), and d_b's conv gets no
+    gradient."""
+    from test_plan import _unread_d_b
+
+    g = calibrated(_unread_d_b(GRAPHS["nasnet-2x2"]()), 3)
+    x = torch.randn(5, 3, SIZE, SIZE, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    masked = lower(g, "masked").double().eval()
+    comp = lower(g, "compact").double().eval()
+    with torch.no_grad():
+        assert all(c.fusable() for c in comp._cells())
+        assert (comp(x) - masked(x)).abs().max().item() < 1e-10
+    masked.train()
+    comp.train()
+    target = torch.arange(5) % 10
+    assert (_step(comp, x, target) - _step(masked, x, target)).abs().max().item() < 1e-10
+    _assert_same_training(g, masked, comp)
+    assert all(c.d_b.conv.weight.grad is None for c in comp._cells())

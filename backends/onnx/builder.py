@@ -9,7 +9,7 @@ the exporter relies on live here so that they can be tested alone:
   Slice of a contiguous range, or one Gather on axis 1 (over a Concat of the states it reads).
 - :func:`eliminate_dead_code`: drop nodes whose outputs reach no graph output and
   initializers that no remaining node reads, so the file holds no dead weights.
-- :func:`stack_sibling_convs`: convs that read the same tensor with the same attributes become
+- :func:`stack_convs`: named convs that read the same tensor with the same attributes become
   one conv with their output channels stacked, and a Split.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["GatherPlan", "OnnxBuilder", "eliminate_dead_code", "plan_gather", "stack_sibling_convs", "value_info"]
+__all__ = ["GatherPlan", "OnnxBuilder", "eliminate_dead_code", "plan_gather", "stack_convs", "value_info"]
 
 
 # ---- gather planning ----------------------------------------------------------------------------
@@ -197,22 +197,21 @@ def eliminate_dead_code(model: onnx.ModelProto) -> int:
     return removed + len(dead)
 
 
-def stack_sibling_convs(model: onnx.ModelProto) -> int:
-    """Rewrite, in place, each set of Conv nodes that read the same input with the same
-    attributes and constant weights (and biases, all or none) as ONE Conv whose output channels
-    are theirs stacked, followed by a Split that gives back their outputs under their names.
+def stack_convs(model: onnx.ModelProto, groups: list[list[str]]) -> int:
+    """Rewrite, in place, each group of Conv nodes (by name; the execution plan's stacked
+    preprocessing convs, which read one tensor with the same attributes and constant weights
+    and biases) as ONE Conv whose output channels are theirs stacked, followed by a Split that
+    gives back their outputs under their names. A name no longer in the graph (dead code) is
+    skipped.
 
-    The stacked conv reads its input once and is wider, which suits onnxruntime's CPU kernels:
-    in NASNet, a cell's d_b and the next cell's d_a are both 1x1 convs of the same ReLU'd cell
-    output (and in the first cell, d_a and d_b both read the stem). But a Split cannot run in
-    onnxruntime's blocked NCHWc layout, so a conv output that stays blocked up to the next conv
-    (through Relu and Concat) would be reordered out and back for it: the one-shot paper config
-    went from 2,395 to 2,623 ms of kernel time at batch 32, most of it new ReorderInput nodes.
-    So only convs whose outputs leave that layout anyway are stacked: every reader, through Relu
-    and Concat, is a Gather or Slice (a channel gather of a pruned network) or a graph output.
-    When each output is read by one Relu and nothing else, the Relu moves before the Split.
-    Run it after :func:`eliminate_dead_code`, so only live convs are stacked. Returns how many
-    convs were merged into another.
+    But a Split cannot run in onnxruntime's blocked NCHWc layout, so a conv output that stays
+    blocked up to the next conv (through Relu and Concat) would be reordered out and back for
+    it: the one-shot paper config went from 2,395 to 2,623 ms of kernel time at batch 32, most
+    of it new ReorderInput nodes. So of each group only the convs whose outputs leave that
+    layout anyway are stacked: every reader, through Relu and Concat, is a Gather or Slice (a
+    channel gather of a pruned network) or a graph output. When each output is read by one Relu
+    and nothing else, the Relu moves before the Split. Run it after
+    :func:`eliminate_dead_code`. Returns how many convs were merged into another.
     """
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -221,6 +220,7 @@ def stack_sibling_convs(model: onnx.ModelProto) -> int:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     outputs = {o.name for o in g.output}
+    by_name = {node.name: node for node in g.node}
 
     def leaves_layout(tensor: str) -> bool:
         for node in readers.get(tensor, []):
@@ -231,24 +231,20 @@ def stack_sibling_convs(model: onnx.ModelProto) -> int:
                 return False
         return bool(readers.get(tensor)) or tensor in outputs
 
-    groups: dict[tuple[object, ...], list[onnx.NodeProto]] = {}
-    for node in g.node:
-        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits:
-            continue
-        if not leaves_layout(node.output[0]):
-            continue
-        if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
-            continue
+    def signature(node: onnx.NodeProto) -> tuple[object, ...]:
         attrs = tuple(sorted((a.name, str(helper.get_attribute_value(a))) for a in node.attribute))
-        if dict(attrs).get("group", "1") != "1":
-            continue
-        kernel = tuple(inits[node.input[1]].dims[1:])
         biased = len(node.input) > 2 and bool(node.input[2])
-        groups.setdefault((node.input[0], attrs, kernel, biased), []).append(node)
+        return node.op_type, node.input[0], attrs, tuple(inits[node.input[1]].dims[1:]), biased
+
+    stacks = []
+    for names in groups:
+        nodes = [by_name[n] for n in names if n in by_name and leaves_layout(by_name[n].output[0])]
+        if len(nodes) > 1:
+            assert len({signature(n) for n in nodes}) == 1, f"{names}: not convs of one input alike"
+            stacks.append(nodes)
     merged = 0
-    for (_, _, _, biased), nodes in groups.items():
-        if len(nodes) < 2:
-            continue
+    for nodes in stacks:
+        biased = len(nodes[0].input) > 2 and bool(nodes[0].input[2])
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
         name = "+".join(n.name for n in nodes)
         stacked = [numpy_helper.from_array(np.concatenate(weights), f"{name}.weight")]
@@ -270,7 +266,7 @@ def stack_sibling_convs(model: onnx.ModelProto) -> int:
             parts = [r[0].output[0] for r in relus]
         new.append(helper.make_node("Split", [new[-1].output[0], sizes.name], parts, name=f"{name}.split", axis=1))
         # In place of the first: the input exists by then, and each output only gets earlier.
-        at = list(g.node).index(nodes[0])
+        at = min(list(g.node).index(n) for n in nodes)
         for n in nodes:
             g.node.remove(n)
         for n in reversed(new):

@@ -42,8 +42,8 @@ their bias broadcast over the batch (Expand), which is what the conv of zero cha
 Finally dead-code elimination drops what no output needs: the IR never prunes preprocessing,
 but a d_a/d_b that no live x reads is dead computation (and so, possibly, the cell whose
 output only it read). Initializers then hold exactly the parameters the network uses. Last,
-the live 1x1 convs of one tensor (a cell's d_b and the next cell's d_a; d_a and d_b on the
-stem) become one conv and a Split.
+the 1x1 convs of one tensor that the plan stacks (a cell's d_b and the next cell's d_a; d_a
+and d_b on the stem) become one conv and a Split, where onnxruntime's blocked layout allows.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from cnas_ir.backends.onnx.builder import (
     concat_index,
     eliminate_dead_code,
     plan_gather,
-    stack_sibling_convs,
+    stack_convs,
     value_info,
 )
 from cnas_ir.backends.onnx.fusion import bn_scale_shift, fold_bn_into_conv, merge_node_ops
@@ -85,8 +85,8 @@ class EmitStats:
     input channels, by :class:`~cnas_ir.backends.onnx.builder.GatherPlan` kind, or
     ``"two-piece"`` (from an earlier node's Concat of the states and the newest state);
     ``dead_nodes``: nodes and initializers dead-code elimination removed (preprocessing whose
-    output no live x reads, and what only it needed); ``convs_stacked``: convs merged into a
-    sibling that reads the same tensor (:func:`~cnas_ir.backends.onnx.builder.stack_sibling_convs`).
+    output no live x reads, and what only it needed); ``convs_stacked``: preprocessing convs
+    merged into another that reads the same tensor (:func:`~cnas_ir.backends.onnx.builder.stack_convs`).
     """
 
     bn_folded: int = 0
@@ -329,6 +329,16 @@ class _Emitter:
 
     # ---- NASNet -----------------------------------------------------------------------------
 
+    def stacked_convs(self) -> list[list[str]]:
+        """The names of the preprocessing convs the plan runs as one, group by group
+        (:attr:`~cnas_ir.passes.plan.CellPlan.stacked`)."""
+        cells = self.g.cells
+        return [
+            [f"{self.g.group_name(cells[i + offset].d[which])}.conv" for offset, which in plan.stacked]
+            for i, plan in enumerate(self.plans)
+            if plan.stacked
+        ]
+
     def nasnet(self, x: _T) -> str:
         layers = np.flatnonzero(self.g.kind == Kind.STEM)
         if len(layers) == 1:
@@ -543,5 +553,5 @@ def emit_model(
                 stats.gathers[what.removeprefix("gathers.")] += amount
             else:
                 setattr(stats, what, getattr(stats, what) + amount)
-    stats.convs_stacked = stack_sibling_convs(model)
+    stats.convs_stacked = stack_convs(model, e.stacked_convs())
     return model, stats

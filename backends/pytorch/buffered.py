@@ -180,12 +180,16 @@ class _Store:
     when the cell's backward is done (:meth:`done`), so cells of one shape share one.
     """
 
-    def __init__(self, pool: Pool, shapes: list[tuple[int, int, int]], channels: list[int], like: Tensor) -> None:
+    def __init__(
+        self, pool: Pool, shapes: list[tuple[int, int, int]], channels: list[int], like: Tensor, d_writes: int
+    ) -> None:
         self.pool = pool
         self.shapes = shapes
         self.buffers = [pool.take((n * h * w, c), like) for (n, h, w), c in zip(shapes, channels, strict=True)]
         self.grads: list[Tensor | None] = [None] * len(self.buffers)
-        self._pending = 2  # the writes of d_a and d_b: the last backward of the cell
+        # The writes of d_a and d_b (those the plan reads): the last backward of the cell. With
+        # none, the gradient buffers are freed with the store, not given back to the pool.
+        self._d_writes = self._pending = d_writes
 
     def grad(self, i: int) -> Tensor:
         g = self.grads[i]
@@ -194,14 +198,14 @@ class _Store:
         return g
 
     def done(self) -> None:
-        """One of the d writes' backward ran; after both, the gradient buffers are free."""
+        """One of the d writes' backward ran; after all, the gradient buffers are free."""
         self._pending -= 1
         if self._pending == 0:
             for g in self.grads:
                 if g is not None:
                     self.pool.give(g)
             self.grads = [None] * len(self.buffers)
-            self._pending = 2  # a retained graph may run backward again
+            self._pending = self._d_writes  # a retained graph may run backward again
 
     def __del__(self) -> None:
         for b in getattr(self, "buffers", ()):
@@ -387,52 +391,45 @@ def _same_batch_norms(bns: list[torch.nn.BatchNorm2d]) -> bool:
     return bn.momentum is not None or not bn.training or len({int(b.num_batches_tracked) for b in bns}) == 1
 
 
-class _Halves(Function):
-    """(N, C1 + C2, H, W) -> its first C1 channels and its last C2 (views). The backward writes
-    both gradients into one tensor in ``y``'s layout; autograd's slice backward would make a
-    zero-filled tensor of the whole for each and add them."""
+class _Parts(Function):
+    """(N, C_1 + ... + C_k, H, W) -> its channels in k consecutive parts of C_i (views). The
+    backward writes the gradients into one tensor in ``y``'s layout; autograd's slice backward
+    would make a zero-filled tensor of the whole for each part and add them."""
 
     @staticmethod
-    def forward(ctx: Any, y: Tensor, c1: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        ctx.c1, ctx.shape, ctx.fmt = c1, y.shape, _layout(y)
-        return y[:, :c1], y[:, c1:]
+    def forward(ctx: Any, y: Tensor, *sizes: int) -> tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.sizes, ctx.shape, ctx.fmt = sizes, y.shape, _layout(y)
+        return tuple(y.split(sizes, 1))
 
     @staticmethod
-    def backward(ctx: Any, g1: Tensor | None, g2: Tensor | None) -> tuple[Tensor, None]:  # type: ignore[override]
-        like = g1 if g1 is not None else g2
-        assert like is not None
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        like = next(gi for gi in grads if gi is not None)
         g = torch.empty(ctx.shape, dtype=like.dtype, device=like.device, memory_format=ctx.fmt)
-        for part, gi in ((g[:, : ctx.c1], g1), (g[:, ctx.c1 :], g2)):
+        for part, gi in zip(g.split(ctx.sizes, 1), grads, strict=True):
             if gi is None:
                 part.zero_()
             else:
                 part.copy_(gi)
-        return g, None
+        return (g, *(None for _ in ctx.sizes))
 
 
-def _stacked_preprocess(cell: Any, after: Any, b: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``cell``'s d_b and ``after``'s d_a, both 1x1 convs of ``b`` with a BatchNorm, as one conv
-    of their stacked rows and one BatchNorm (each module's own statistics); None when they are
-    not both such convs, their BatchNorms differ or a cell reads nothing of one (its conv then
-    gets no gradient, as DistributedDataParallel expects of an unused parameter, not a zero one).
+def _stacked_preprocess(cell: Any, after: Any, b: Tensor) -> tuple[Tensor, ...] | None:
+    """The 1x1 convs of ``b`` that ``cell``'s plan stacks (:attr:`CellPlan.stacked`; ``after``:
+    the next cell) as one conv of their stacked rows and one BatchNorm (each module's own
+    statistics): their outputs, in the plan's order. None when their BatchNorms differ in
+    anything but their statistics (module state, which a user may change).
 
     One conv reads ``b`` once and its backward gives ``b`` one gradient, where two convs each
     made one and autograd added them. Forward and backward with the two BatchNorms, batch 32,
     channels_last: 18.5 against 23.3 ms at 180 -> 2 x 36 channels, 32 x 32; 10.2 against 12.9
     ms at 360 -> 2 x 72, 16 x 16 (measured).
     """
-    from .nasnet import Preprocess
-
-    d_b, d_a = cell.d_b, after.d_a
-    if not (isinstance(d_b, Preprocess) and isinstance(d_a, Preprocess) and b.shape[1]):
+    mods = [((cell, after)[offset].d_a, (cell, after)[offset].d_b)[which] for offset, which in cell.plan.stacked]
+    if not _same_batch_norms([m.bn for m in mods]):
         return None
-    if not (cell.reads_d[1] and after.reads_d[0]):
-        return None
-    if not _same_batch_norms([d_b.bn, d_a.bn]):
-        return None
-    y = F.conv2d(b, torch.cat([d_b.conv.weight, d_a.conv.weight]))
-    y = _batch_norm([d_b.bn, d_a.bn], y)
-    return _Halves.apply(y, d_b.conv.out_channels)
+    y = F.conv2d(b, torch.cat([m.conv.weight for m in mods]))
+    y = _batch_norm([m.bn for m in mods], y)
+    return _Parts.apply(y, *(m.conv.out_channels for m in mods))
 
 
 def run_cell(
@@ -443,20 +440,30 @@ def run_cell(
     Returns the cell output ReLU'd (``relu_out``, what the next cells read) or raw (the head,
     or a cell called on its own): (N, channels, H', W'), channels_last; and ``next_cell``'s d_a
     when it was computed here with this cell's d_b (:func:`_stacked_preprocess`), to be passed
-    to the next call as ``d_a``. Each op's tap is called on its own input (one call per stride,
+    to the next call as ``d_a``. ``next_cell``: the cell after this one in the network's
+    dataflow (``a`` and ``b`` then are what the plan says); None for a cell on its own, which
+    stacks nothing. Each op's tap is called on its own input (one call per stride,
     in x order) when a hook waits on it.
     """
     plan: CellPlan = cell.plan
     n, _, h, w = b.shape
     shapes = [(n, h, w)] + ([(n, (h + 1) // 2, (w + 1) // 2)] if plan.reduction else [])
-    store = _Store(cell.pool, shapes, [channels for channels, _ in plan.buffers], b)
+    store = _Store(cell.pool, shapes, [channels for channels, _ in plan.buffers], b, sum(plan.reads_d))
     width = plan.width
-    stacked = _stacked_preprocess(cell, next_cell, b) if next_cell is not None else None
-    d_b, handoff = stacked if stacked is not None else (cell.d_b.on_relu(b), None)
-    tokens = [
-        _Write.apply(store, 0, 0, cell.d_a.on_relu(a) if d_a is None else d_a, True),
-        _Write.apply(store, 0, width, d_b, True),
-    ]
+    # d_a, d_b (raw) where the plan reads them, and the next cell's d_a when stacked with d_b
+    d: dict[tuple[int, int], Tensor] = {} if d_a is None else {(0, 0): d_a}
+    stacked = _stacked_preprocess(cell, next_cell, b) if next_cell is not None and plan.stacked else None
+    if stacked is not None:
+        d.update(zip(plan.stacked, stacked, strict=True))
+    tokens = []
+    for which, (x, module) in enumerate(((a, cell.d_a), (b, cell.d_b))):
+        if plan.reads_d[which]:
+            raw = d[(0, which)] if (0, which) in d else module.on_relu(x)
+            tokens.append(_Write.apply(store, 0, which * width, raw, True))
+        elif module.training:  # unread: only its BatchNorm's running statistics move, as in masked mode
+            with torch.no_grad():
+                module.on_relu(x)
+    handoff = d.get((1, 0))
     zs: list[Tensor] = []
     indices = cell.plan_indices(b.device)
     zshape = shapes[-1]

@@ -180,55 +180,57 @@ class FusedCell:
         d_a: Tensor | None,
         next_cell: NasnetCell | None,
     ) -> Tensor | None:
-        """d = [d_a | d_b] of the folded 1x1 convs ``pre``, each conv's output ReLU'd into its
-        part of ``state0`` (a raw ``d_a`` handed on by the previous cell is only ReLU'd); returns
-        the next cell's raw d_a when it was stacked with this cell's d_b (see :meth:`run`)."""
-        single = [len(convs) == 1 for convs in pre]  # Preprocess (else a factorized reduce)
+        """relu(d_a), relu(d_b) of the folded convs ``pre`` into their parts of ``state0``, each
+        where the plan reads it (a raw ``d_a`` handed on by the previous cell is only ReLU'd);
+        returns the next cell's raw d_a when the plan stacks it with this cell's d_b. The plan's
+        stacking holds for the network's dataflow only, so only where ``next_cell`` is given."""
         n_a, n_b = (sum(wt.shape[0] for wt, _ in convs) for convs in pre)
         parts = [state0[:, :n_a], state0[:, n_a : n_a + n_b]]  # where relu(d_a), relu(d_b) go
-        # The 1x1 convs of b: this cell's d_b, its d_a too when a is b (the first cell: both
-        # read the stem), and the next cell's d_a (None: handed on raw).
-        todo, group = [], []
-        if d_a is not None:
+        stacked = self.plan.stacked if next_cell is not None else ()
+        if d_a is not None:  # the previous cell ran this one's d_a with its d_b
             torch.clamp_min(d_a, 0, out=parts[0])
-        elif a is b and single[0]:
-            group.append((0, pre[0][0]))
-        else:
-            todo.append(0)
-        if single[1]:
-            group.append((1, pre[1][0]))
-            if next_cell is not None:
-                assert next_cell._fused is not None
-                after = next_cell._fused._folded(next_cell)[0][0]
-                if len(after) == 1:  # the next cell's d_a is a 1x1 conv of b too
-                    group.append((None, after[0]))
-        else:
-            todo.append(1)
+        elif stacked and stacked[0] == (0, 0):
+            pass
+        elif self.plan.reads_d[0]:
+            self._convs(pre[0], a, parts[0])
         handoff: Tensor | None = None
-        if len(group) > 1 and b.shape[1]:
-            wt, bias = self._stacked([conv for _, conv in group])
-            y, at = F.conv2d(b, wt, bias), 0
-            for which, (wi, _) in group:
-                part = y[:, at : at + wi.shape[0]]
-                if which is None:
-                    handoff = part
-                else:
-                    torch.clamp_min(part, 0, out=parts[which])
-                at += wi.shape[0]
-        else:
-            todo += [which for which, _ in group if which is not None]
-        for which in sorted(todo):
-            x, convs = (a, b)[which], pre[which]
-            at = 0
-            pixels = (x,) if single[which] else _reduce_pixels(x)
-            for xi, (wt, bias) in zip(pixels, convs, strict=True):
-                part = parts[which][:, at : at + wt.shape[0]]
-                if x.shape[1]:
-                    torch.clamp_min(F.conv2d(xi, wt, bias), 0, out=part)
-                else:  # no input channel kept: the conv is 0, the output its bias
-                    torch.clamp_min(bias.view(1, -1, 1, 1).expand_as(part), 0, out=part)
-                at += wt.shape[0]
+        if not stacked:
+            if self.plan.reads_d[1]:
+                self._convs(pre[1], b, parts[1])
+            return handoff
+        # The plan's 1x1 convs of b as one: this cell's d_a (the first cell), its d_b, and
+        # next_cell's d_a, whose rows are handed on raw.
+        convs = []
+        for cell_offset, which in stacked:
+            if cell_offset == 0:
+                convs.append(pre[which][0])
+            else:
+                assert next_cell is not None and next_cell._fused is not None
+                convs.append(next_cell._fused._folded(next_cell)[0][0][0])
+        wt, bias = self._stacked(convs)
+        y, at = F.conv2d(b, wt, bias), 0
+        for (cell_offset, which), (wi, _) in zip(stacked, convs, strict=True):
+            part = y[:, at : at + wi.shape[0]]
+            if cell_offset:
+                handoff = part
+            else:
+                torch.clamp_min(part, 0, out=parts[which])
+            at += wi.shape[0]
         return handoff
+
+    @staticmethod
+    def _convs(convs: list[tuple[Tensor, Tensor]], x: Tensor, out: Tensor) -> None:
+        """relu(d) into ``out``: d of one preprocessing module, its folded 1x1 conv of ``x`` or
+        (a factorized reduce) its two of x's even and odd pixels."""
+        at = 0
+        pixels = (x,) if len(convs) == 1 else _reduce_pixels(x)
+        for xi, (wt, bias) in zip(pixels, convs, strict=True):
+            part = out[:, at : at + wt.shape[0]]
+            if x.shape[1]:
+                torch.clamp_min(F.conv2d(xi, wt, bias), 0, out=part)
+            else:  # no input channel kept: the conv is 0, the output its bias
+                torch.clamp_min(bias.view(1, -1, 1, 1).expand_as(part), 0, out=part)
+            at += wt.shape[0]
 
     def run(
         self,
@@ -240,13 +242,13 @@ class FusedCell:
         next_cell: NasnetCell | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """The cell on ReLU'd inputs ``a``, ``b``: its output, ReLU'd if ``relu_out``; and the
-        next cell's raw d_a when ``next_cell`` is given and can take it.
+        next cell's raw d_a when ``next_cell`` is given and the plan stacks it with this cell's d_b.
 
-        The 1x1 convs that read ``b`` run as one with their rows stacked: this cell's d_b,
-        ``next_cell``'s d_a (its rows are handed on raw, the ``d_a`` of the next call) and, in
-        the first cell, where both read the stem, this cell's d_a. One conv reads its input once
-        and is wider, which suits the vector units (two 1x1 convs 144 -> 36 at 32x32, batch 32:
-        18 ms, stacked 144 -> 72: 14 ms, channels_last, measured).
+        The 1x1 convs of ``b`` that the plan stacks (:attr:`~cnas_ir.passes.plan.CellPlan.stacked`)
+        run as one conv: two 1x1 convs 144 -> 36 at 32x32, batch 32, took 18 ms, stacked
+        144 -> 72 14 ms (channels_last, measured). ``next_cell``: the cell after this one in the
+        network's dataflow (``a`` and ``b`` then are what the plan says); None for a cell on
+        its own, which stacks nothing.
         """
         plan = self.plan
         pre, weights = self._folded(cell)

@@ -151,8 +151,6 @@ class NasnetCell(nn.Module):
         self.plan = plan
         self.d_a = d_a
         self.d_b = d_b
-        read = {int(s) for node in plan.nodes for op in node.ops for part in op.parts for s in part.state}
-        self.reads_d = (0 in read, 1 in read)  # whether some op reads relu(d_a), relu(d_b)
         for k, node_ops in ops.items():
             if node_ops:
                 self.add_module(f"node{k}", nn.ModuleDict(node_ops))
