@@ -2,7 +2,9 @@
 
 Between the IR and the backends (SPEC §9). The PyTorch lowering (training and inference) and the
 ONNX emitter translate this plan; neither decides for itself which states a node reads, how it
-reads them, where a state lives or which operations merge. numpy only.
+reads them, where a state lives or which operations merge. numpy only. (ONNX has no writes into
+a buffer: the emitter assembles a read's channels, in the plan's order, from the state tensors,
+and keeps a conv merge out of onnxruntime's blocked layout where a Split would break it.)
 
 NASNet cells (:func:`nasnet_plan`):
 
