@@ -231,3 +231,18 @@ def test_train_mode_forward_without_autograd_updates_statistics_like_masked() ->
         if name.endswith(("running_mean", "running_var")) and "node" in name:
             ref = mods["masked"][name]
             assert ref.shape == t.shape and torch.allclose(t, ref, rtol=1e-5, atol=1e-6), name
+
+
+def test_fused_path_stacks_the_plans_preprocessing_convs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each cell whose plan stacks convs runs them as one conv of their rows (the first cell:
+    its d_a, its d_b and cell 2's d_a, all of the stem), in the specs that
+    test_fused_compact_equals_masked checks."""
+    g = calibrated(random_alive(GRAPHS["nasnet-2x2"](), 0, fold=True), 0)
+    compact = lower(g, "compact").eval()
+    rows: list[int] = []
+    real = FusedCell._stacked
+    monkeypatch.setattr(FusedCell, "_stacked", lambda self, convs: rows.append(len(convs)) or real(self, convs))
+    with torch.inference_mode():
+        compact(torch.randn(2, 3, SIZE, SIZE))
+    want = [len(c.plan.stacked) for c in compact._cells() if c.plan.stacked]
+    assert rows == want and want[0] == 3 and 2 in want

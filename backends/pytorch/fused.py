@@ -189,15 +189,12 @@ class FusedCell:
         stacked = self.plan.stacked if next_cell is not None else ()
         if d_a is not None:  # the previous cell ran this one's d_a with its d_b
             torch.clamp_min(d_a, 0, out=parts[0])
-        elif stacked and stacked[0] == (0, 0):
-            pass
-        elif self.plan.reads_d[0]:
+        elif self.plan.reads_d[0] and (0, 0) not in stacked:
             self._convs(pre[0], a, parts[0])
-        handoff: Tensor | None = None
         if not stacked:
             if self.plan.reads_d[1]:
                 self._convs(pre[1], b, parts[1])
-            return handoff
+            return None
         # The plan's 1x1 convs of b as one: this cell's d_a (the first cell), its d_b, and
         # next_cell's d_a, whose rows are handed on raw.
         convs = []
@@ -209,6 +206,7 @@ class FusedCell:
                 convs.append(next_cell._fused._folded(next_cell)[0][0][0])
         wt, bias = self._stacked(convs)
         y, at = F.conv2d(b, wt, bias), 0
+        handoff: Tensor | None = None
         for (cell_offset, which), (wi, _) in zip(stacked, convs, strict=True):
             part = y[:, at : at + wi.shape[0]]
             if cell_offset:
