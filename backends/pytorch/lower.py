@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -65,6 +66,12 @@ Mode = Literal["compact", "masked"]
 
 
 # ---- the module -------------------------------------------------------------------------------
+
+
+def _run_fused(cell: NasnetCell, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+    """:meth:`.fused.FusedCell.run` of ``cell`` (called like :func:`.buffered.run_cell`)."""
+    assert cell._fused is not None
+    return cell._fused.run(cell, *args, **kwargs)
 
 
 class CnasModule(nn.Module):
@@ -96,27 +103,20 @@ class CnasModule(nn.Module):
         if not any(_hooked(c) for c in cells):
             # Each cell's output goes to the next cells' preprocessing, which starts with a ReLU,
             # so the fused and buffered paths hand on ReLU'd outputs; only the head reads raw ones.
+            run: Callable[..., tuple[Tensor, Tensor | None]] | None = None
             if all(c.fusable() for c in cells):
-                # A cell also runs the next one's d_a (a 1x1 conv of the same input as its d_b).
-                prev = F.relu(b)
-                prev_prev = prev if a is b else F.relu(a)  # the fused path shares a's conv with b's
-                d_a = None
-                for i, cell in enumerate(cells, 1):
-                    after = cells[i] if i < len(cells) else None
-                    assert cell._fused is not None
-                    out, d_a = cell._fused.run(
-                        cell, prev_prev, prev, relu_out=after is not None, d_a=d_a, next_cell=after
-                    )
-                    prev_prev, prev = prev, out
-                return self.head(prev)
-            if all(c.bufferable() for c in cells):
-                # Likewise a cell runs the next one's d_a with its own d_b when it can.
+                run = _run_fused
+            elif all(c.bufferable() for c in cells):
+                run = run_cell
+            if run is not None:
+                # A cell also runs the preprocessing convs its plan stacks with its d_b: the next
+                # cell's d_a, handed on raw, and in the first cell its own d_a (a is b: the stem).
                 prev = F.relu(b)
                 prev_prev = prev if a is b else F.relu(a)
                 d_a = None
                 for i, cell in enumerate(cells, 1):
                     after = cells[i] if i < len(cells) else None
-                    out, d_a = run_cell(cell, prev_prev, prev, relu_out=after is not None, d_a=d_a, next_cell=after)
+                    out, d_a = run(cell, prev_prev, prev, relu_out=after is not None, d_a=d_a, next_cell=after)
                     prev_prev, prev = prev, out
                 return self.head(prev)
         prev_prev, prev = a, b
