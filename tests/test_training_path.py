@@ -160,6 +160,26 @@ def test_pool_reuses_buffers_across_steps() -> None:
     assert kept & again  # the second step took buffers from the pool and gave them back
 
 
+def test_a_gradient_buffer_starts_from_its_first_gradient_on_a_dirty_pooled_buffer() -> None:
+    """_Store.add_grad: the first gradient of a buffer is copied into a pooled buffer (here full
+    of NaN, as a reused buffer holds old values) and every other column is zeroed, before and
+    after it; later gradients add. The reference is a zero matrix with the slices added."""
+    pool = buffered.Pool()
+    like = torch.zeros(1, dtype=torch.float64)
+    rows, cols = 2 * 3 * 3, 7
+    store = buffered._Store(pool, [(2, 3, 3)], [cols], like, 0)
+    dirty = torch.full((rows, cols), float("nan"), dtype=torch.float64)
+    pool.give(dirty)  # the gradient buffer's turn
+    first, second = torch.randn(rows, 3, dtype=torch.float64), torch.randn(rows, 2, dtype=torch.float64)
+    store.add_grad(0, 2, first)
+    store.add_grad(0, 4, second)
+    expected = torch.zeros(rows, cols, dtype=torch.float64)
+    expected[:, 2:5] += first
+    expected[:, 4:6] += second
+    assert store.grads[0] is dirty
+    torch.testing.assert_close(dirty, expected, rtol=0, atol=0)
+
+
 def test_ops_of_a_node_train_merged_unless_a_tap_is_hooked(monkeypatch: pytest.MonkeyPatch) -> None:
     g = calibrated(random_alive(nasnet_graph(), 11), 11)
     m = lower(g, "compact").train()
