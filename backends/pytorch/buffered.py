@@ -192,11 +192,15 @@ class _Store:
         # none, the gradient buffers are freed with the store, not given back to the pool.
         self._d_writes = self._pending = d_writes
 
-    def grad(self, i: int) -> Tensor:
-        g = self.grads[i]
-        if g is None:
-            g = self.grads[i] = self.pool.take(tuple(self.buffers[i].shape), self.buffers[i]).zero_()
+    def _start(self, i: int) -> Tensor:
+        """Gradient buffer ``i`` from the pool, with whatever it holds."""
+        g = self.grads[i] = self.pool.take(tuple(self.buffers[i].shape), self.buffers[i])
         return g
+
+    def grad(self, i: int) -> Tensor:
+        """Gradient buffer ``i``, zeroed when this is its first gradient."""
+        g = self.grads[i]
+        return self._start(i).zero_() if g is None else g
 
     def add_grad(self, i: int, lo: int, dx: Tensor) -> None:
         """Add ``dx`` (M, c) to columns ``[lo, lo + c)`` of gradient buffer ``i``. The first
@@ -207,7 +211,7 @@ class _Store:
         if g is not None:
             g[:, lo:hi] += dx
             return
-        g = self.grads[i] = self.pool.take(tuple(self.buffers[i].shape), self.buffers[i])
+        g = self._start(i)
         g[:, :lo].zero_()
         g[:, lo:hi] = dx
         g[:, hi:].zero_()
