@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from cnas_ir.passes.plan import CellPlan
 
+from . import native
 from .buffered import Pool, gather_columns, image, rows
 from .buffered import hooked as _hooked
 from .buffered import reduce_pixels as _reduce_pixels
@@ -90,11 +91,16 @@ class FusedCell:
             [m.read.run if m.read.run else torch.as_tensor(m.read.index, dtype=torch.long) for m in node.merged]
             for node in plan.nodes
         ]
+        # Per node, per merged read: its channels as int32, for the native kernel (CPU only).
+        self._native_index = [
+            [torch.as_tensor(m.read.index, dtype=torch.int32) for m in node.merged] for node in plan.nodes
+        ]
         # The index tensors per device they have been used on: this object is not a module,
         # so ``.to(device)`` does not move them.
         self._indices: dict[torch.device, list[list[Tensor | tuple[int, int]]]] = {}
         self._key: tuple[object, ...] | None = None
         self._weights: tuple[list[list[tuple[Tensor, Tensor]]], list[tuple[list[Tensor], Tensor, Tensor]]] = ([], [])
+        self._dw_t: list[list[Tensor]] = []  # per node, per merged read: its DW weight as (9, K), see native
         # Looked up by name on every call (not the tensors themselves): a parameter replaced
         # by assignment is seen too. Walking cell.modules() per call cost 28 ms per forward of
         # the paper config, 13% of a batch-1 forward (measured).
@@ -150,6 +156,7 @@ class FusedCell:
                 bias = bias + shift
             out.append((dws, torch.cat(pws, 1).contiguous(), bias.contiguous()))
         self._key, self._weights = key, (pre, out)
+        self._dw_t = [[dw.reshape(dw.shape[0], 9).t().contiguous() for dw in dws] for dws, _, _ in out]
         return self._weights
 
     def _indices_on(self, device: torch.device) -> list[list[Tensor | tuple[int, int]]]:
@@ -254,6 +261,8 @@ class FusedCell:
         n, _, h, w = b.shape
         hz, wz = ((h + 1) // 2, (w + 1) // 2) if plan.reduction else (h, w)
         cl = b.is_contiguous(memory_format=torch.channels_last) and n * h * w > 1
+        # the gathers and depthwise convs as one native kernel where it takes the buffers
+        kernel = cl and native.takes(b) and native.available()
         fmt = torch.channels_last if cl else torch.contiguous_format
         # From the network's pool, given back below: a fresh buffer above glibc's mmap threshold
         # page-faults on its first write (see buffered.Pool).
@@ -265,7 +274,9 @@ class FusedCell:
         handoff = self._preprocess(pre, a, b, bufs[0], d_a, next_cell)
         zs: list[Tensor] = []
         width = plan.width
-        for node, (dws, pw, bias), wheres in zip(plan.nodes, weights, indices, strict=True):
+        for node, (dws, pw, bias), wheres, index32, dw_t in zip(
+            plan.nodes, weights, indices, self._native_index, self._dw_t, strict=True
+        ):
             if not node.computed:
                 continue
             assert node.slot is not None
@@ -278,9 +289,13 @@ class FusedCell:
                 continue
             modules = getattr(cell, f"node{node.k}")
             outs = []
-            for merged, dw, where in zip(node.merged, dws, wheres, strict=True):
+            for merged, dw, where, i32, wt in zip(node.merged, dws, wheres, index32, dw_t, strict=True):
+                hooks = any(_hooked(modules[f"op{node.ops[o].j}"].x) for o, *_ in merged.spans)
+                if kernel and not hooks:
+                    outs.append(native.gather_depthwise(bufs[merged.read.buffer], i32, wt, merged.stride))
+                    continue
                 x = gather_rows(bufs[merged.read.buffer], where)
-                for o, _, lo, hi in merged.spans:
+                for o, _, lo, hi in merged.spans if hooks else ():
                     tap = modules[f"op{node.ops[o].j}"].x
                     if _hooked(tap):
                         # each op's tap on its own input; a copy when x is a view of a pooled

@@ -1,0 +1,127 @@
+// A depthwise 3x3 convolution (padding 1, stride 1 or 2) of a gathered set of channels, for the
+// fused inference path (backends/pytorch/fused.py), on channels_last float32 CPU tensors:
+//
+//     out = conv2d(x[:, index], weight, stride=stride, padding=1, groups=len(index))
+//
+// without materialising x[:, index]. Each thread gathers the input rows it needs into a ring of
+// three zero-padded rows (a row is gathered once per thread, then read by up to three output
+// rows), and computes its output rows from the ring in blocks of 16 channels whose 9 weights stay
+// in registers. Built on first use by native.py (torch.utils.cpp_extension, -O3 -march=native).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 16;  // channels per compute block (one AVX-512 register of float32)
+
+// Row `key` (n * H + y) of x, channels index[0..K), into `row` (W + 2 pixels of Kp floats: a zero
+// pixel on each side; the channels from K to Kp are zero).
+void gather_row(const float* x, int64_t key, int64_t W, int64_t C, const int32_t* index, int64_t K,
+                int64_t Kp, float* row) {
+  std::memset(row, 0, Kp * sizeof(float));
+  std::memset(row + (W + 1) * Kp, 0, Kp * sizeof(float));
+  const float* src = x + key * W * C;
+  int64_t xi = 0;
+  for (; xi + 4 <= W; xi += 4) {  // four pixels per index load
+    const float* s = src + xi * C;
+    float* d = row + (xi + 1) * Kp;
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t j = index[k];
+      d[k] = s[j];
+      d[Kp + k] = s[C + j];
+      d[2 * Kp + k] = s[2 * C + j];
+      d[3 * Kp + k] = s[3 * C + j];
+    }
+    for (int q = 0; q < 4; ++q) std::memset(d + q * Kp + K, 0, (Kp - K) * sizeof(float));
+  }
+  for (; xi < W; ++xi) {
+    const float* s = src + xi * C;
+    float* d = row + (xi + 1) * Kp;
+    for (int64_t k = 0; k < K; ++k) d[k] = s[index[k]];
+    std::memset(d + K, 0, (Kp - K) * sizeof(float));
+  }
+}
+
+}  // namespace
+
+torch::Tensor gather_depthwise3x3(const torch::Tensor& x, const torch::Tensor& index, const torch::Tensor& weight_t,
+                                  int64_t stride) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat && x.device().is_cpu(),
+              "gather_depthwise3x3: x must be a float32 CPU tensor (N, C, H, W)");
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "gather_depthwise3x3: x must be channels_last");
+  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == torch::kInt && index.is_contiguous(),
+              "gather_depthwise3x3: index must be a contiguous int32 vector");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = index.size(0);
+  TORCH_CHECK(weight_t.dim() == 2 && weight_t.size(0) == 9 && weight_t.size(1) == K &&
+                  weight_t.scalar_type() == torch::kFloat && weight_t.is_contiguous(),
+              "gather_depthwise3x3: weight_t must be a contiguous float32 (9, len(index))");
+  TORCH_CHECK(stride == 1 || stride == 2, "gather_depthwise3x3: stride must be 1 or 2");
+  TORCH_CHECK(K == 0 || (index.min().item<int32_t>() >= 0 && index.max().item<int32_t>() < C),
+              "gather_depthwise3x3: index out of range");
+  const int64_t Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
+  auto out = torch::empty({N, K, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (N == 0 || K == 0 || H == 0 || W == 0) return out;
+  const int64_t Kp = (K + kBlock - 1) / kBlock * kBlock;
+  std::vector<float> w(9 * Kp, 0.f);  // weights (9, Kp), zero beyond K
+  for (int t = 0; t < 9; ++t) std::memcpy(w.data() + t * Kp, weight_t.data_ptr<float>() + t * K, K * sizeof(float));
+  const float* xp = x.data_ptr<float>();
+  const int32_t* ip = index.data_ptr<int32_t>();
+  float* op = out.data_ptr<float>();
+  const int64_t Wp = W + 2;
+
+  at::parallel_for(0, N * Ho, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> ring(3 * Wp * Kp), zero(Wp * Kp, 0.f);
+    int64_t held[3] = {-1, -1, -1};  // the input row (n * H + y) each ring slot holds
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / Ho, yo = r % Ho;
+      const float* rows[3];
+      for (int ty = 0; ty < 3; ++ty) {
+        const int64_t yi = yo * stride - 1 + ty;
+        if (yi < 0 || yi >= H) {
+          rows[ty] = zero.data();
+          continue;
+        }
+        const int64_t key = n * H + yi;
+        float* row = ring.data() + (yi % 3) * Wp * Kp;
+        if (held[yi % 3] != key) {
+          gather_row(xp, key, W, C, ip, K, Kp, row);
+          held[yi % 3] = key;
+        }
+        rows[ty] = row;
+      }
+      float* o = op + r * Wo * K;
+      for (int64_t kb = 0; kb < Kp; kb += kBlock) {
+        float wb[9][kBlock];
+        for (int t = 0; t < 9; ++t)
+          for (int j = 0; j < kBlock; ++j) wb[t][j] = w[t * Kp + kb + j];
+        const int64_t width = std::min(kBlock, K - kb);
+        for (int64_t xo = 0; xo < Wo; ++xo) {
+          const int64_t at = xo * stride * Kp + kb;
+          const float* a0 = rows[0] + at;
+          const float* a1 = rows[1] + at;
+          const float* a2 = rows[2] + at;
+          float acc[kBlock];
+          for (int j = 0; j < kBlock; ++j)
+            acc[j] = a0[j] * wb[0][j] + a0[Kp + j] * wb[1][j] + a0[2 * Kp + j] * wb[2][j] + a1[j] * wb[3][j] +
+                     a1[Kp + j] * wb[4][j] + a1[2 * Kp + j] * wb[5][j] + a2[j] * wb[6][j] + a2[Kp + j] * wb[7][j] +
+                     a2[2 * Kp + j] * wb[8][j];
+          float* d = o + xo * K + kb;
+          if (width == kBlock) {
+            for (int j = 0; j < kBlock; ++j) d[j] = acc[j];
+          } else {
+            std::memcpy(d, acc, width * sizeof(float));
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gather_depthwise3x3", &gather_depthwise3x3, "depthwise 3x3 conv of x[:, index] (channels_last, float32)");
+}
