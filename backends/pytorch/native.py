@@ -2,8 +2,8 @@
 
 One kernel: :func:`gather_depthwise`, the fused inference path's gather of a node's input
 channels and its depthwise 3x3 conv in one pass (``gather_depthwise.cpp``), which saves
-the write and re-read of the gathered tensor (at batch 32 on the paper config at rho 0.46, the
-network's 108 gathers and depthwise convs take 0.76x the time of ``gather`` + ``conv2d``;
+the write and re-read of the gathered tensor: the eval forward of the paper config at rho 0.46
+in channels_last takes 0.82x the time at batch 32 and 0.76x at batch 1 (``bench_ab.py``,
 BENCHMARKS.md).
 
 It is built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; ``-O3 -march=native``)
