@@ -10,6 +10,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# the native eval kernel now, not on the first eval (backends/pytorch/native.py; warns without a compiler)
+	$(PY) -c "from cnas_ir.backends.pytorch import native; native.load()"
 	touch $@
 
 # The main job, end to end, on the embedded default (scikit-learn's digits; no download).
