@@ -11,11 +11,33 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace {
+
 constexpr int64_t kBlock = 16;  // channels per compute block (one AVX-512 register of float32)
+
+using One = std::integer_sequence<int, 0>;
+using Four = std::make_integer_sequence<int, 4>;
+using Eight = std::make_integer_sequence<int, 8>;
+
+// Channels index[0..K) of the pixels Q... at `src` (C floats apart) into `dst` (Kp floats apart),
+// zero from K to Kp: one index load per len(Q) pixels. The fold expression writes the pixels'
+// copies out one by one; over the paper network's 108 reads this was 8% faster than a loop over
+// the pixels unrolled by gcc 12; sixteen pixels per load took 1.24x the time of eight (measured).
+template <int... Q>
+inline void gather_pixels(const float* src, float* dst, int64_t C, const int32_t* index, int64_t K, int64_t Kp,
+                          std::integer_sequence<int, Q...>) {
+  for (int64_t k = 0; k < K; ++k) {
+    const int32_t j = index[k];
+    ((dst[Q * Kp + k] = src[Q * C + j]), ...);
+  }
+  ((std::fill(dst + Q * Kp + K, dst + (Q + 1) * Kp, 0.f)), ...);
+}
+
 }  // namespace
 
 torch::Tensor gather_depthwise3x3(const torch::Tensor& x, const torch::Tensor& index, const torch::Tensor& weight_t,
@@ -62,49 +84,13 @@ torch::Tensor gather_depthwise3x3(const torch::Tensor& x, const torch::Tensor& i
         if (held[yi % 3] == key) continue;
         held[yi % 3] = key;
         // Row `key` of x, channels index[0..K), into `row`: W + 2 pixels of Kp floats, a zero
-        // pixel on each side, zero channels from K to Kp. Eight pixels per index load, then
-        // four, then one, written out: over the paper network's 108 reads this form was 8-13%
-        // faster than a pragma-unrolled loop and than a helper function zeroing with memset
-        // (gcc 12, measured).
+        // pixel on each side, zero channels from K to Kp.
         for (int64_t k = 0; k < Kp; ++k) row[k] = row[(W + 1) * Kp + k] = 0.f;
         const float* src = xp + key * W * C;
         int64_t xi = 0;
-        for (; xi + 8 <= W; xi += 8) {
-          const float* s = src + xi * C;
-          float* d = row + (xi + 1) * Kp;
-          for (int64_t k = 0; k < K; ++k) {
-            const int32_t j = ip[k];
-            d[k] = s[j];
-            d[Kp + k] = s[C + j];
-            d[2 * Kp + k] = s[2 * C + j];
-            d[3 * Kp + k] = s[3 * C + j];
-            d[4 * Kp + k] = s[4 * C + j];
-            d[5 * Kp + k] = s[5 * C + j];
-            d[6 * Kp + k] = s[6 * C + j];
-            d[7 * Kp + k] = s[7 * C + j];
-          }
-          for (int q = 0; q < 8; ++q)
-            for (int64_t k = K; k < Kp; ++k) d[q * Kp + k] = 0.f;
-        }
-        for (; xi + 4 <= W; xi += 4) {
-          const float* s = src + xi * C;
-          float* d = row + (xi + 1) * Kp;
-          for (int64_t k = 0; k < K; ++k) {
-            const int32_t j = ip[k];
-            d[k] = s[j];
-            d[Kp + k] = s[C + j];
-            d[2 * Kp + k] = s[2 * C + j];
-            d[3 * Kp + k] = s[3 * C + j];
-          }
-          for (int q = 0; q < 4; ++q)
-            for (int64_t k = K; k < Kp; ++k) d[q * Kp + k] = 0.f;
-        }
-        for (; xi < W; ++xi) {
-          const float* s = src + xi * C;
-          float* d = row + (xi + 1) * Kp;
-          for (int64_t k = 0; k < K; ++k) d[k] = s[ip[k]];
-          for (int64_t k = K; k < Kp; ++k) d[k] = 0.f;
-        }
+        for (; xi + 8 <= W; xi += 8) gather_pixels(src + xi * C, row + (xi + 1) * Kp, C, ip, K, Kp, Eight{});
+        for (; xi + 4 <= W; xi += 4) gather_pixels(src + xi * C, row + (xi + 1) * Kp, C, ip, K, Kp, Four{});
+        for (; xi < W; ++xi) gather_pixels(src + xi * C, row + (xi + 1) * Kp, C, ip, K, Kp, One{});
       }
       float* o = op + r * Wo * K;
       for (int64_t kb = 0; kb < Kp; kb += kBlock) {
