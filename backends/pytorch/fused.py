@@ -1,6 +1,7 @@
 """The fused inference path of a NASNet cell (compact mode, eval, autograd off): one gather per
 node and stride, a node's ops as one depthwise and one pointwise conv with their BatchNorms
-folded, preprocessing convs writing into the state buffer (:class:`FusedCell`).
+folded (the gather and the depthwise conv one native kernel on CPU in channels_last float32:
+:mod:`.native`), preprocessing convs writing into the state buffer (:class:`FusedCell`).
 """
 
 from __future__ import annotations
@@ -75,9 +76,12 @@ class FusedCell:
       contiguous run -- and a ReLU'd output is the plan's output range of a buffer;
     - a node's J ops run as one depthwise conv per stride group over the merged read and one
       pointwise conv whose columns are the ops' PW columns with each op's BN folded in, bias =
-      the sum of the BN shifts (the ONNX backend's merge, in eager);
-    - each op's tap is still called on its own input (a view of the node's gather), in x order,
-      once per stride group, so forward hooks see what the reference path gives them. A hook
+      the sum of the BN shifts (the ONNX backend's merge, in eager); on CPU in channels_last
+      float32 the merged read and the depthwise conv are one call of the native kernel
+      (:func:`.native.gather_depthwise`), which never writes the gathered channels;
+    - each op's hooked tap is still called on its own input (a view of the node's gather, made
+      with PyTorch ops for a read with a hooked tap), in x order, once per stride group, so
+      forward hooks see what the reference path gives them. A hook
       on the cell's preprocessing modules sends the cell down the per-op path instead.
 
     Folded weights are cached and rebuilt when any source tensor changes (data pointer or
