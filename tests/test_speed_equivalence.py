@@ -60,10 +60,14 @@ def test_fused_compact_equals_masked(space: str, seed: int, fold: bool, channels
         assert (logits(compact.double(), x.double()) - ref64).abs().max().item() < 1e-10
 
 
-def test_fused_path_calls_every_tap_on_its_own_input() -> None:
+@pytest.mark.parametrize("channels_last", [False, True])  # channels_last: where the native kernel runs
+def test_fused_path_calls_every_tap_on_its_own_input(channels_last: bool) -> None:
     g = calibrated(random_alive(nasnet_graph(), 3), 3)
     m = lower(g, "compact").eval()
     x = torch.randn(2, 3, SIZE, SIZE)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     seen: dict[str, list[torch.Tensor]] = {}
     for name, mod in m.named_modules():
         if name.endswith(".x"):
