@@ -294,17 +294,17 @@ class FusedCell:
             modules = getattr(cell, f"node{node.k}")
             outs = []
             for merged, dw, where, i32, wt in zip(node.merged, dws, wheres, index32, dw_t, strict=True):
-                hooks = any(_hooked(modules[f"op{node.ops[o].j}"].x) for o, *_ in merged.spans)
-                if kernel and not hooks:
+                taps = [
+                    (tap, lo, hi) for o, _, lo, hi in merged.spans if _hooked(tap := modules[f"op{node.ops[o].j}"].x)
+                ]
+                if kernel and not taps:
                     outs.append(native.gather_depthwise(bufs[merged.read.buffer], i32, wt, merged.stride))
                     continue
                 x = gather_rows(bufs[merged.read.buffer], where)
-                for o, _, lo, hi in merged.spans if hooks else ():
-                    tap = modules[f"op{node.ops[o].j}"].x
-                    if _hooked(tap):
-                        # each op's tap on its own input; a copy when x is a view of a pooled
-                        # buffer, which a hook may keep beyond this call
-                        tap(x[:, lo:hi].clone() if isinstance(where, tuple) else x[:, lo:hi])
+                for tap, lo, hi in taps:
+                    # each hooked op's tap on its own input; a copy when x is a view of a pooled
+                    # buffer, which a hook may keep beyond this call
+                    tap(x[:, lo:hi].clone() if isinstance(where, tuple) else x[:, lo:hi])
                 outs.append(F.conv2d(x, dw, stride=merged.stride, padding=1, groups=dw.shape[0]))
             hcat = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
             z = F.conv2d(hcat, pw, bias)
