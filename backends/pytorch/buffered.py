@@ -46,6 +46,8 @@ from torch.nn.modules import module as _torch_module
 
 from cnas_ir.passes.plan import CellPlan, NodePlan, PaddedRead, Read
 
+from . import native
+
 __all__ = ["Pool", "conv1x1", "gather_columns", "hooked", "image", "reduce_pixels", "rows", "run_cell"]
 
 
@@ -307,21 +309,62 @@ class _Output(Function):
         return (None, None, None, None) + (None,) * ctx.tokens
 
 
+class _ReadConv(Function):
+    """The depthwise 3x3 conv of channels ``index`` (int32) of buffer ``i``, in one native kernel
+    call that never makes the gathered x (:func:`.native.gather_depthwise`); its backward adds
+    x's gradient straight into the gradient buffer and returns the weight's
+    (:func:`.native.gather_depthwise_backward`). Over the 124 reads of a paper-config training
+    step at batch 32 (rho 0.46), forward and backward took 0.63-0.77x the time of ``gather``, the
+    conv, its backward and ``scatter_add_`` (measured).
+
+    Dropout2d, which the PyTorch path applies to x, goes on the conv's output instead: the conv
+    is per channel, so zeroing channel c of x zeroes channel c of the output, and both draw
+    one mask of shape (N, channels, 1, 1).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, store: _Store, i: int, index: Tensor, weight: Tensor, stride: int, *tokens: Tensor) -> Tensor:  # type: ignore[override]
+        k = weight.shape[0]
+        ctx.store, ctx.i, ctx.index, ctx.stride, ctx.tokens = store, i, index, stride, len(tokens)
+        ctx.weight_t = weight.detach().reshape(k, 9).t().contiguous()
+        return native.gather_depthwise(image(store.buffers[i], store.shapes[i]), index, ctx.weight_t, stride)
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        store: _Store = ctx.store
+        x, g = (image(t, store.shapes[ctx.i]) for t in (store.buffers[ctx.i], store.grad(ctx.i)))
+        dw_t = native.gather_depthwise_backward(dy, x, ctx.index, ctx.weight_t, ctx.stride, g)
+        return (None, None, None, dw_t.t().reshape(-1, 1, 3, 3), None) + (None,) * ctx.tokens
+
+
 def _per_op_node(
-    store: _Store, node: NodePlan, indices: list[Tensor | None], ops: list[Any], tokens: list[Tensor]
+    store: _Store,
+    node: NodePlan,
+    indices: list[Tensor | None],
+    ops: list[Any],
+    tokens: list[Tensor],
+    index32: list[Tensor] | None,
 ) -> Tensor:
-    """z of a node whose ops run one by one: read(s), DW, PW and BN per op."""
-    xs = _Read.apply(store, list(zip(node.reads, indices, strict=True)), *tokens)
+    """z of a node whose ops run one by one: read(s), DW, PW and BN per op. With ``index32``
+    (the reads' channels as int32, where the native kernels take the buffers) and no hooked tap,
+    each part's read and DW conv are one :class:`_ReadConv`."""
+    fuse = index32 is not None and not any(hooked(m.x) for m in ops)
+    xs = None if fuse else _Read.apply(store, list(zip(node.reads, indices, strict=True)), *tokens)
     z: Tensor | None = None
     for op, m, ids in zip(node.ops, ops, node.part_reads, strict=True):
         hs = []
         for part, r in zip(op.parts, ids, strict=True):
+            lo, hi = part.columns
+            w = m.dw.weight[lo:hi]
+            if xs is None:
+                assert index32 is not None
+                hs.append(m.drop(_ReadConv.apply(store, node.reads[r].buffer, index32[r], w, part.stride, *tokens)))
+                continue
             x = xs[r]
             if hooked(m.x):
                 x = m.x(x)
             x = m.drop(x)
-            lo, hi = part.columns
-            hs.append(F.conv2d(x, m.dw.weight[lo:hi], stride=part.stride, padding=1, groups=hi - lo))
+            hs.append(F.conv2d(x, w, stride=part.stride, padding=1, groups=hi - lo))
         y = m.bn(m.pw(hs[0] if len(hs) == 1 else torch.cat(hs, 1)))
         z = y if z is None else z + y
     assert z is not None
@@ -337,16 +380,27 @@ def _mergeable(ops: list[Any]) -> bool:
 
 
 def _padded_node(
-    store: _Store, plan: PaddedRead, index: Tensor | None, ops: list[Any], tokens: list[Tensor], width: int
+    store: _Store,
+    plan: PaddedRead,
+    index: Tensor | None,
+    ops: list[Any],
+    tokens: list[Tensor],
+    width: int,
+    index32: Tensor | None,
 ) -> Tensor:
     """z of a node whose ops run merged (:class:`~cnas_ir.passes.plan.PaddedRead`): one read,
-    one DW conv, one PW conv with a group per op, one BatchNorm, and the sum over the ops."""
-    (x,) = _Read.apply(store, [(plan.read, index)], *tokens)
-    x = ops[0].drop(x)  # every op's dropout has the spec's probability; a channel is a channel
+    one DW conv (with ``index32``, the read's channels as int32, one :class:`_ReadConv`), one PW
+    conv with a group per op, one BatchNorm, and the sum over the ops."""
     n, j = plan.width, len(ops)
     dw = torch.cat([F.pad(m.dw.weight, (0, 0, 0, 0, 0, 0, 0, n - m.dw.weight.shape[0])) for m in ops])
     pw = torch.cat([F.pad(m.pw.weight, (0, 0, 0, 0, 0, n - m.pw.weight.shape[1])) for m in ops])
-    y = F.conv2d(F.conv2d(x, dw, stride=plan.stride, padding=1, groups=j * n), pw, groups=j)
+    # every op's dropout has the spec's probability; a channel is a channel
+    if index32 is not None:
+        h = ops[0].drop(_ReadConv.apply(store, plan.read.buffer, index32, dw, plan.stride, *tokens))
+    else:
+        (x,) = _Read.apply(store, [(plan.read, index)], *tokens)
+        h = F.conv2d(ops[0].drop(x), dw, stride=plan.stride, padding=1, groups=j * n)
+    y = F.conv2d(h, pw, groups=j)
     y = _batch_norm([m.bn for m in ops], y)
     if j == 1:
         return y
@@ -485,8 +539,10 @@ def run_cell(
     handoff = d.get((1, 0))
     zs: list[Tensor] = []
     indices = cell.plan_indices(b.device)
+    # the reads and DW convs as native kernels where they take the buffers
+    indices32 = cell.plan_indices32() if native.trains(b) and native.available() else None
     zshape = shapes[-1]
-    for node, node_indices in zip(plan.nodes, indices, strict=True):
+    for i, (node, node_indices) in enumerate(zip(plan.nodes, indices, strict=True)):
         if not node.computed:
             continue
         assert node.slot is not None
@@ -499,10 +555,11 @@ def run_cell(
         modules = getattr(cell, f"node{node.k}")
         ops = [modules[f"op{op.j}"] for op in node.ops]
         reads, padded = node_indices
+        reads32, padded32 = indices32[i] if indices32 is not None else (None, None)
         if node.padded is not None and _mergeable(ops):
-            z = _padded_node(store, node.padded, padded, ops, tokens, width)
+            z = _padded_node(store, node.padded, padded, ops, tokens, width, padded32)
         else:
-            z = _per_op_node(store, node, reads, ops, tokens)
+            z = _per_op_node(store, node, reads, ops, tokens, reads32)
         if node.read_later or relu_out:
             tokens.append(_Write.apply(store, buf, off, z, False))
         if not relu_out:

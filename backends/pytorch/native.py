@@ -28,7 +28,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["available", "gather_depthwise", "load"]
+__all__ = ["available", "gather_depthwise", "gather_depthwise_backward", "load", "takes", "trains"]
 
 SOURCE = Path(__file__).with_name("gather_depthwise.cpp")
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
@@ -112,9 +112,24 @@ def takes(x: Tensor) -> bool:
     )
 
 
+def trains(x: Tensor) -> bool:
+    """Whether the training path's kernels take the state buffer ``x``: float32 on the CPU."""
+    return x.dtype == torch.float32 and x.device.type == "cpu"
+
+
 def gather_depthwise(x: Tensor, index: Tensor, weight_t: Tensor, stride: int) -> Tensor:
     """``conv2d(x[:, index], w, stride=stride, padding=1, groups=len(index))`` for a depthwise
     3x3 weight ``w`` (K, 1, 3, 3) given as ``weight_t`` = ``w.reshape(K, 9).t()`` (contiguous);
-    ``index`` int32[K]; ``x`` as :func:`takes` says. Needs :func:`available`."""
+    ``index`` int32[K]; ``x`` float32 on the CPU in channels_last. Needs :func:`available`."""
     assert _module is not None
     return _module.gather_depthwise3x3(x, index, weight_t, stride)
+
+
+def gather_depthwise_backward(
+    dy: Tensor, x: Tensor, index: Tensor, weight_t: Tensor, stride: int, grad_x: Tensor
+) -> Tensor:
+    """The backward of :func:`gather_depthwise` at the output's gradient ``dy``: adds x's
+    gradient into ``grad_x`` (x's shape, channels_last; a channel that ``index`` repeats gets
+    the sum of its copies') and returns the weight's gradient as (9, K), like ``weight_t``."""
+    assert _module is not None
+    return _module.gather_depthwise3x3_backward(dy, x, index, weight_t, stride, grad_x)
