@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
-	# the native eval kernel now, not on the first eval (backends/pytorch/native.py; warns without a compiler)
+	# the native kernels now, not on the first eval or training step (backends/pytorch/native.py; warns without a compiler)
 	$(PY) -c "from cnas_ir.backends.pytorch import native; native.load()"
 	touch $@
 

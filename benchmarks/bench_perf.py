@@ -65,7 +65,14 @@ multiply-adds (``compute_stats``):
 - oneshot / plain time <= 1.05 in train, infer32 and infer1.
 
 ``OMP_WAIT_POLICY`` defaults to PASSIVE and ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` to 16384 (see
-bench_speed.py). Command lines::
+bench_speed.py). glibc's malloc is pinned (``--malloc pinned``, the default): every free block
+below 32 MiB is kept for reuse (``mallopt``: mmap threshold 32 MiB, trim threshold 1 GiB).
+Left to itself, glibc moves both thresholds with what the process has freed, so one model's
+allocations decide whether another's tensors come back as reused memory or as fresh pages that
+fault on first write: ``plain``'s training step page-faulted about 300,000 times (1.2 GB) per
+step in some processes and 30,000 in others, and took 4.8-5.3 s against 3.0-3.3 s (measured,
+same code, the other models changed). ``--malloc default`` leaves glibc's defaults. Command
+lines::
 
     python benchmarks/bench_perf.py                       # paper-random-0.46, every measure
     python benchmarks/bench_perf.py --config paper-taylor-0.2 --measures train infer1 --json out.json
@@ -524,6 +531,23 @@ def print_checks(cs: list[Check]) -> None:
 # ---- main -----------------------------------------------------------------------------------------------
 
 
+def pin_malloc() -> bool:
+    """Keep freed memory below 32 MiB for reuse, whatever the process allocated before (see the
+    module docstring); False where glibc's ``mallopt`` is not there."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="paper-random-0.46", choices=CONFIGS)
@@ -546,12 +570,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="build, count, then one cold NCHW call per measure and model (onnxruntime: the first --channel-multiple)",
     )
     ap.add_argument("--profile", choices=MODELS, help="torch profiler on one training step of this model")
+    ap.add_argument(
+        "--malloc",
+        choices=["pinned", "default"],
+        default="pinned",
+        help="glibc malloc: keep freed blocks below 32 MiB for reuse (pinned) or glibc's moving thresholds",
+    )
     ap.add_argument("--json", type=Path)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
+    pinned = args.malloc == "pinned" and pin_malloc()
+    if args.malloc == "pinned" and not pinned:
+        print("note: glibc mallopt not found; malloc left as it is")
     torch.set_num_threads(args.threads)
     measures = args.measures if args.measures is not None else ([] if args.profile else list(MEASURES))
     if args.no_ort:
@@ -560,7 +593,8 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
         f"ONEDNN_PRIMITIVE_CACHE_CAPACITY={os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}, "
-        f"config {args.config}, rounds {args.rounds}" + (", smoke" if args.smoke else "")
+        f"malloc {'pinned' if pinned else 'default'}, config {args.config}, rounds {args.rounds}"
+        + (", smoke" if args.smoke else "")
     )
     t0 = time.perf_counter()
     setup = make_setup(args.config, args.seed)
@@ -655,6 +689,7 @@ def main(argv: list[str] | None = None) -> None:
             "torch": torch.__version__,
             "threads": args.threads,
             "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")},
+            "malloc": "pinned" if pinned else "default",
             "smoke": args.smoke,
             "rounds": args.rounds,
             "ort_rounds_b1": args.ort_rounds_b1,

@@ -31,6 +31,9 @@ ops; otherwise each op reads, convolves and normalises on its own.
 Forward and backward move each live x once (gather, scatter-add) plus the cell output once
 (copy, add) and the ReLU'd states once (write, masked read); a per-op path on separate state
 tensors adds a concatenation per op and a state-sized zero, scatter and add per (op, state) pair.
+Where the buffers are float32 on the CPU, a read and its depthwise conv are one native kernel
+call each way (:class:`_ReadConv`, :mod:`.native`): the gathered x and its gradient are never
+written, and the training step of the paper config takes 0.89x the time (BENCHMARKS.md).
 ``cnas-ir train`` runs it in channels_last, which suits the convolutions (BENCHMARKS.md).
 """
 

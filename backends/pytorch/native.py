@@ -1,17 +1,22 @@
 """Native CPU kernels of the PyTorch backend, compiled on this machine on first use.
 
-One kernel: :func:`gather_depthwise`, the fused inference path's gather of a node's input
-channels and its depthwise 3x3 conv in one pass (``gather_depthwise.cpp``), which saves
-the write and re-read of the gathered tensor: the eval forward of the paper config at rho 0.46
-in channels_last takes 0.82x the time at batch 32 and 0.76x at batch 1 (``bench_ab.py``,
-BENCHMARKS.md).
+A node's read of its input channels and its depthwise 3x3 conv as one pass
+(``gather_depthwise.cpp``), which never writes the gathered channels:
 
-It is built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; ``-O3 -march=native``)
-the first time a fused forward can use it, into ``$XDG_CACHE_HOME/cnas-ir/native`` (default
+- :func:`gather_depthwise`, the forward, in the fused inference path and the training path: the
+  eval forward of the paper config at rho 0.46 in channels_last takes 0.82x the time at batch 32
+  and 0.76x at batch 1;
+- :func:`gather_depthwise_backward`, the training path's backward: the input's gradient is added
+  straight into the gradient buffer's columns (no gradient of the gathered channels, no
+  ``scatter_add_``) and the weight's is computed from the buffer. With the forward, a training
+  step of the paper config takes 0.89x the time (``bench_ab.py``, BENCHMARKS.md).
+
+They are built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; ``-O3 -march=native``)
+the first time a forward can use them, into ``$XDG_CACHE_HOME/cnas-ir/native`` (default
 ``~/.cache``; ``CNAS_IR_NATIVE_DIR`` overrides), one folder per source, torch version and CPU,
-and loaded from there afterwards. ``CNAS_IR_NATIVE=0`` turns it off. When the build fails (no
-compiler), one warning says why and the fused path gathers with PyTorch ops, as it does for
-every tensor the kernel does not take (float64, CUDA, channels-first).
+and loaded from there afterwards. ``CNAS_IR_NATIVE=0`` turns them off. When the build fails (no
+compiler), one warning says why and the PyTorch ops gather, as they do for every tensor the
+kernels do not take (float64, CUDA; channels-first in inference; a hooked tap).
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ def build_directory() -> Path:
 
 
 def load() -> ModuleType | None:
-    """The compiled kernel module, built on the first call (about 30 s); None when turned off
+    """The compiled kernels' module, built on the first call (about 30 s); None when turned off
     (``CNAS_IR_NATIVE=0``) or when the build failed (with one warning, the first time)."""
     global _module, _failed
     if _module is not None or _failed is not None:
@@ -75,7 +80,7 @@ def load() -> ModuleType | None:
         folder = build_directory()
         name = folder.name
         if not (folder / f"{name}.so").exists():
-            print(f"cnas-ir: compiling the native gather kernel into {folder} (once, about 30 s)", file=sys.stderr)
+            print(f"cnas-ir: compiling the native gather kernels into {folder} (once, about 30 s)", file=sys.stderr)
         folder.mkdir(parents=True, exist_ok=True)
         _module = cpp_extension.load(
             name,
@@ -88,8 +93,8 @@ def load() -> ModuleType | None:
     except Exception as e:  # no compiler, no ninja, a failed link: the PyTorch ops still work
         _failed = " ".join(str(e).split())[:300] or type(e).__name__
         warnings.warn(
-            f"cnas-ir: the native gather kernel could not be built ({_failed}); "
-            "the fused path gathers with PyTorch ops (set CNAS_IR_NATIVE=0 to skip the build)",
+            f"cnas-ir: the native gather kernels could not be built ({_failed}); "
+            "PyTorch ops do the gathers (set CNAS_IR_NATIVE=0 to skip the build)",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -97,7 +102,7 @@ def load() -> ModuleType | None:
 
 
 def available() -> bool:
-    """Whether :func:`gather_depthwise` runs (building it if it has not been built yet)."""
+    """Whether the kernels run (building them if they have not been built yet)."""
     return load() is not None
 
 
