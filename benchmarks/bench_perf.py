@@ -65,14 +65,15 @@ multiply-adds (``compute_stats``):
 - oneshot / plain time <= 1.05 in train, infer32 and infer1.
 
 ``OMP_WAIT_POLICY`` defaults to PASSIVE and ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` to 16384 (see
-bench_speed.py). glibc's malloc is pinned (``--malloc pinned``, the default): every free block
-below 32 MiB is kept for reuse (``mallopt``: mmap threshold 32 MiB, trim threshold 1 GiB).
-Left to itself, glibc moves both thresholds with what the process has freed, so one model's
+bench_speed.py). glibc's malloc is pinned (``--malloc pinned``, the default: the script runs
+itself again with ``MALLOC_MMAP_THRESHOLD_`` = 32 MiB and ``MALLOC_TRIM_THRESHOLD_`` = 4 GiB in
+the environment): freed memory is kept for reuse, whatever the process allocated before. Left
+to itself, glibc moves both thresholds with what the process has freed, so one model's
 allocations decide whether another's tensors come back as reused memory or as fresh pages that
-fault on first write: ``plain``'s training step page-faulted about 300,000 times (1.2 GB) per
-step in some processes and 30,000 in others, and took 4.8-5.3 s against 3.0-3.3 s (measured,
-same code, the other models changed). ``--malloc default`` leaves glibc's defaults. Command
-lines::
+fault on first write: ``plain``'s training step page-faulted about 300,000 times (1.2 GB) in
+some processes and 30,000 in others, and took 4.8-5.3 s against 3.0-3.3 s (measured, the same
+baseline, cnas-ir's kernels on and off); pinned, 2.8-2.9 s either way. ``--malloc default``
+leaves glibc's defaults. Command lines::
 
     python benchmarks/bench_perf.py                       # paper-random-0.46, every measure
     python benchmarks/bench_perf.py --config paper-taylor-0.2 --measures train infer1 --json out.json
@@ -531,21 +532,13 @@ def print_checks(cs: list[Check]) -> None:
 # ---- main -----------------------------------------------------------------------------------------------
 
 
-def pin_malloc() -> bool:
-    """Keep freed memory below 32 MiB for reuse, whatever the process allocated before (see the
-    module docstring); False where glibc's ``mallopt`` is not there."""
-    import ctypes
-    import ctypes.util
+# glibc reads these once, at start-up: bench_perf re-runs itself with them (--malloc pinned)
+PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
 
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        libc = None
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+def malloc_pinned() -> bool:
+    """Whether this process started with :data:`PINNED_MALLOC` (see the module docstring)."""
+    return all(os.environ.get(k) == v for k, v in PINNED_MALLOC.items())
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -574,7 +567,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--malloc",
         choices=["pinned", "default"],
         default="pinned",
-        help="glibc malloc: keep freed blocks below 32 MiB for reuse (pinned) or glibc's moving thresholds",
+        help="glibc malloc: thresholds pinned at start-up (the script runs itself again) or glibc's moving ones",
     )
     ap.add_argument("--json", type=Path)
     return ap.parse_args(argv)
@@ -582,9 +575,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    pinned = args.malloc == "pinned" and pin_malloc()
-    if args.malloc == "pinned" and not pinned:
-        print("note: glibc mallopt not found; malloc left as it is")
+    if args.malloc == "pinned" and not malloc_pinned() and argv is None:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED_MALLOC})
+    pinned = malloc_pinned()
     torch.set_num_threads(args.threads)
     measures = args.measures if args.measures is not None else ([] if args.profile else list(MEASURES))
     if args.no_ort:
