@@ -350,16 +350,21 @@ def _per_op_node(
 ) -> Tensor:
     """z of a node whose ops run one by one: read(s), DW, PW and BN per op. With ``index32``
     (the reads' channels as int32, where the native kernels take the buffers) and no hooked tap,
-    each part's read and DW conv are one :class:`_ReadConv`."""
+    each part's gather and DW conv are one :class:`_ReadConv`; a run (a slice of the buffer)
+    is read once for all the ops that share it, as is every read otherwise."""
     fuse = index32 is not None and not any(hooked(m.x) for m in ops)
-    xs = None if fuse else _Read.apply(store, list(zip(node.reads, indices, strict=True)), *tokens)
+    kernel = [fuse and index is not None for index in indices]
+    mine = [r for r, k in enumerate(kernel) if not k]
+    xs = {}
+    if mine:
+        xs = dict(zip(mine, _Read.apply(store, [(node.reads[r], indices[r]) for r in mine], *tokens), strict=True))
     z: Tensor | None = None
     for op, m, ids in zip(node.ops, ops, node.part_reads, strict=True):
         hs = []
         for part, r in zip(op.parts, ids, strict=True):
             lo, hi = part.columns
             w = m.dw.weight[lo:hi]
-            if xs is None:
+            if kernel[r]:
                 assert index32 is not None
                 hs.append(m.drop(_ReadConv.apply(store, node.reads[r].buffer, index32[r], w, part.stride, *tokens)))
                 continue
@@ -398,7 +403,7 @@ def _padded_node(
     dw = torch.cat([F.pad(m.dw.weight, (0, 0, 0, 0, 0, 0, 0, n - m.dw.weight.shape[0])) for m in ops])
     pw = torch.cat([F.pad(m.pw.weight, (0, 0, 0, 0, 0, n - m.pw.weight.shape[1])) for m in ops])
     # every op's dropout has the spec's probability; a channel is a channel
-    if index32 is not None:
+    if index32 is not None and index is not None:  # a gather (a run is a slice: read once)
         h = ops[0].drop(_ReadConv.apply(store, plan.read.buffer, index32, dw, plan.stride, *tokens))
     else:
         (x,) = _Read.apply(store, [(plan.read, index)], *tokens)
