@@ -126,6 +126,18 @@ struct Shape {
   int64_t N, C, H, W, K, Kp, Ho, Wo;
 };
 
+// The three input rows that output row `yo` of image `n` reads, gathered and zero-padded, from
+// the thread's ring (the zero row above and below the image).
+inline void input_rows(Ring& ring, const Shape& s, int64_t n, int64_t yo, int64_t stride, const float* xp,
+                       const int32_t* ip, const float* rows[3]) {
+  for (int ty = 0; ty < 3; ++ty) {
+    const int64_t yi = yo * stride - 1 + ty;
+    rows[ty] = (yi < 0 || yi >= s.H) ? ring.zero() : ring.row(n * s.H + yi, yi % 3, [&](float* row) {
+      gather_row(xp + (n * s.H + yi) * s.W * s.C, row, s.W, s.C, ip, s.K, s.Kp);
+    });
+  }
+}
+
 Shape check(const char* what, const torch::Tensor& x, const torch::Tensor& index, const torch::Tensor& weight_t,
             int64_t stride) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat && x.device().is_cpu(), what,
@@ -171,12 +183,7 @@ torch::Tensor gather_depthwise3x3(const torch::Tensor& x, const torch::Tensor& i
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / s.Ho, yo = r % s.Ho;
       const float* rows[3];
-      for (int ty = 0; ty < 3; ++ty) {
-        const int64_t yi = yo * stride - 1 + ty;
-        rows[ty] = (yi < 0 || yi >= s.H) ? ring.zero() : ring.row(n * s.H + yi, yi % 3, [&](float* row) {
-          gather_row(xp + (n * s.H + yi) * s.W * s.C, row, s.W, s.C, ip, s.K, s.Kp);
-        });
-      }
+      input_rows(ring, s, n, yo, stride, xp, ip, rows);
       depthwise_row(rows, w.data(), s.Kp, s.K, s.Wo, stride, op + r * s.Wo * s.K, s.K);
     }
   });
@@ -255,12 +262,7 @@ torch::Tensor gather_depthwise3x3_backward(const torch::Tensor& dy, const torch:
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / s.Ho, yo = r % s.Ho;
       const float* rows[3];
-      for (int ty = 0; ty < 3; ++ty) {
-        const int64_t yi = yo * stride - 1 + ty;
-        rows[ty] = (yi < 0 || yi >= s.H) ? ring.zero() : ring.row(n * s.H + yi, yi % 3, [&](float* row) {
-          gather_row(xp + (n * s.H + yi) * s.W * s.C, row, s.W, s.C, ip, s.K, s.Kp);
-        });
-      }
+      input_rows(ring, s, n, yo, stride, xp, ip, rows);
       for (int64_t xo = 0; xo < s.Wo; ++xo) std::memcpy(gy.data() + xo * s.Kp, gp + (r * s.Wo + xo) * s.K, s.K * 4);
       for (int64_t kb = 0; kb < s.Kp; kb += kBlock) {
         float acc[9][kBlock] = {};
