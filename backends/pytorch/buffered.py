@@ -355,7 +355,7 @@ def _per_op_node(
     fuse = index32 is not None and not any(hooked(m.x) for m in ops)
     kernel = [fuse and index is not None for index in indices]
     mine = [r for r, k in enumerate(kernel) if not k]
-    xs = {}
+    xs: dict[int, Tensor] = {}
     if mine:
         xs = dict(zip(mine, _Read.apply(store, [(node.reads[r], indices[r]) for r in mine], *tokens), strict=True))
     z: Tensor | None = None
