@@ -204,7 +204,6 @@ torch::Tensor gather_depthwise3x3_backward(const torch::Tensor& dy, const torch:
                   dy.scalar_type() == torch::kFloat && dy.device().is_cpu(),
               what, ": dy must be float32 (N, len(index), Ho, Wo)");
   const torch::Tensor g = dy.contiguous(at::MemoryFormat::ChannelsLast);
-  std::vector<float> dw(9 * s.Kp, 0.f);
   if (s.N == 0 || s.K == 0 || s.H == 0 || s.W == 0) return torch::zeros({9, s.K}, x.options());
   const int32_t* ip = index.data_ptr<int32_t>();
   const float* xp = x.data_ptr<float>();
@@ -253,9 +252,11 @@ torch::Tensor gather_depthwise3x3_backward(const torch::Tensor& dy, const torch:
     }
   });
 
-  // The weight's gradient: per thread, the sum over its output rows of dy times the gathered
-  // input at each tap; the threads' sums added at the end.
+  // The weight's gradient: per chunk of output rows, the sum over its rows of dy times the
+  // gathered input at each tap; the chunks' sums added at the end in row order, so the result
+  // does not depend on which thread finished first.
   std::mutex lock;
+  std::vector<std::pair<int64_t, std::vector<float>>> sums;  // (first row, sum) per chunk
   at::parallel_for(0, s.N * s.Ho, 1, [&](int64_t begin, int64_t end) {
     Ring ring(s.W + 2, s.Kp);
     std::vector<float> mine(9 * s.Kp, 0.f), gy(s.Wo * s.Kp, 0.f);
@@ -279,8 +280,12 @@ torch::Tensor gather_depthwise3x3_backward(const torch::Tensor& dy, const torch:
       }
     }
     std::lock_guard<std::mutex> hold(lock);
-    for (int64_t i = 0; i < 9 * s.Kp; ++i) dw[i] += mine[i];
+    sums.emplace_back(begin, std::move(mine));
   });
+  std::sort(sums.begin(), sums.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<float> dw(9 * s.Kp, 0.f);
+  for (const auto& [first, sum] : sums)
+    for (int64_t i = 0; i < 9 * s.Kp; ++i) dw[i] += sum[i];
   auto out = torch::empty({9, s.K}, x.options());
   for (int t = 0; t < 9; ++t) std::memcpy(out.data_ptr<float>() + t * s.K, dw.data() + t * s.Kp, s.K * 4);
   return out;
