@@ -346,15 +346,17 @@ def _per_op_node(
     indices: list[Tensor | None],
     ops: list[Any],
     tokens: list[Tensor],
-    index32: list[Tensor] | None,
+    index32: list[Tensor | None] | None,
 ) -> Tensor:
     """z of a node whose ops run one by one: read(s), DW, PW and BN per op. With ``index32``
-    (the reads' channels as int32, where the native kernels take the buffers) and no hooked tap,
-    each part's gather and DW conv are one :class:`_ReadConv`; a run (a slice of the buffer)
-    is read once for all the ops that share it, as is every read otherwise."""
-    fuse = index32 is not None and not any(hooked(m.x) for m in ops)
-    kernel = [fuse and index is not None for index in indices]
-    mine = [r for r, k in enumerate(kernel) if not k]
+    (the gathers' channels as int32, where the native kernels take the buffers) and no hooked
+    tap, each part's gather and DW conv are one :class:`_ReadConv`; a run (a slice of the
+    buffer) is read once for all the ops that share it, as is every read otherwise."""
+    # per read: its int32 channels where the kernel runs it, else None (PyTorch reads it)
+    gathers: list[Tensor | None] = [None] * len(indices)
+    if index32 is not None and not any(hooked(m.x) for m in ops):
+        gathers = index32
+    mine = [r for r, i32 in enumerate(gathers) if i32 is None]
     xs: dict[int, Tensor] = {}
     if mine:
         xs = dict(zip(mine, _Read.apply(store, [(node.reads[r], indices[r]) for r in mine], *tokens), strict=True))
@@ -364,9 +366,9 @@ def _per_op_node(
         for part, r in zip(op.parts, ids, strict=True):
             lo, hi = part.columns
             w = m.dw.weight[lo:hi]
-            if kernel[r]:
-                assert index32 is not None
-                hs.append(m.drop(_ReadConv.apply(store, node.reads[r].buffer, index32[r], w, part.stride, *tokens)))
+            i32 = gathers[r]
+            if i32 is not None:
+                hs.append(m.drop(_ReadConv.apply(store, node.reads[r].buffer, i32, w, part.stride, *tokens)))
                 continue
             x = xs[r]
             if hooked(m.x):
@@ -397,13 +399,13 @@ def _padded_node(
     index32: Tensor | None,
 ) -> Tensor:
     """z of a node whose ops run merged (:class:`~cnas_ir.passes.plan.PaddedRead`): one read,
-    one DW conv (with ``index32``, the read's channels as int32, one :class:`_ReadConv`), one PW
+    one DW conv (with ``index32``, the gather's channels as int32, one :class:`_ReadConv`), one PW
     conv with a group per op, one BatchNorm, and the sum over the ops."""
     n, j = plan.width, len(ops)
     dw = torch.cat([F.pad(m.dw.weight, (0, 0, 0, 0, 0, 0, 0, n - m.dw.weight.shape[0])) for m in ops])
     pw = torch.cat([F.pad(m.pw.weight, (0, 0, 0, 0, 0, n - m.pw.weight.shape[1])) for m in ops])
     # every op's dropout has the spec's probability; a channel is a channel
-    if index32 is not None and index is not None:  # a gather (a run is a slice: read once)
+    if index32 is not None:  # a gather (a run is a slice, read once)
         h = ops[0].drop(_ReadConv.apply(store, plan.read.buffer, index32, dw, plan.stride, *tokens))
     else:
         (x,) = _Read.apply(store, [(plan.read, index)], *tokens)

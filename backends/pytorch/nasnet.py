@@ -163,7 +163,7 @@ class NasnetCell(nn.Module):
         # Index tensors of the plan's reads per device (not buffers: they are not state, and a
         # module moved with .to() finds them on its new device by this key).
         self._indices: dict[torch.device, list[tuple[list[Tensor | None], Tensor | None]]] = {}
-        self._indices32: list[tuple[list[Tensor], Tensor | None]] | None = None
+        self._indices32: list[tuple[list[Tensor | None], Tensor | None]] | None = None
 
     def plan_indices(self, device: torch.device) -> list[tuple[list[Tensor | None], Tensor | None]]:
         """Per node, on ``device``: the indices of its distinct reads and of its padded read
@@ -181,16 +181,16 @@ class NasnetCell(nn.Module):
             self._indices[device] = found
         return found
 
-    def plan_indices32(self) -> list[tuple[list[Tensor], Tensor | None]]:
-        """Per node: the channels of its distinct reads (runs too) and of its padded read (None
-        without one) as int32 CPU tensors, for the native kernels (:mod:`.native`)."""
+    def plan_indices32(self) -> list[tuple[list[Tensor | None], Tensor | None]]:
+        """:meth:`plan_indices` as int32 CPU tensors, for the native kernels (:mod:`.native`),
+        which take gathers only (None for a run, which is read as a slice)."""
         if self._indices32 is None:
 
-            def index(r: Read) -> Tensor:
-                return torch.as_tensor(r.index, dtype=torch.int32)
+            def index(r: Read | None) -> Tensor | None:
+                return None if r is None or r.run else torch.as_tensor(r.index, dtype=torch.int32)
 
             self._indices32 = [
-                ([index(r) for r in node.reads], index(node.padded.read) if node.padded else None)
+                ([index(r) for r in node.reads], index(node.padded.read if node.padded else None))
                 for node in self.plan.nodes
             ]
         return self._indices32
