@@ -116,8 +116,13 @@ inline void depthwise_row(const float* const rows[3], const float* w, int64_t Kp
                  a1[Kp + j] * wb[4][j] + a1[2 * Kp + j] * wb[5][j] + a2[j] * wb[6][j] + a2[Kp + j] * wb[7][j] +
                  a2[2 * Kp + j] * wb[8][j];
       float* d = out + xo * pitch + kb;
-      const int64_t n = std::min(kBlock, K - kb);
-      for (int64_t j = 0; j < n; ++j) d[j] = acc[j];
+      // a full block by a loop of fixed length: gcc turned a loop of min(16, K - kb) floats into a
+      // memcpy call per output vector (22% of the forward's time, perf on an AVX2 host)
+      if (kb + kBlock <= K) {
+        for (int j = 0; j < kBlock; ++j) d[j] = acc[j];
+      } else {
+        for (int64_t j = 0; j < K - kb; ++j) d[j] = acc[j];
+      }
     }
   }
 }
