@@ -426,6 +426,7 @@ class OrtModels:
 # ---- the profile ----------------------------------------------------------------------------------------
 
 _KINDS: list[tuple[str, tuple[str, ...]]] = [
+    ("native gather+depthwise", ("_readconv",)),  # cnas-ir's kernels (buffered._ReadConv), forward and backward
     ("gather/index/scatter", ("index", "gather", "scatter", "take")),
     ("convolution", ("conv",)),
     ("batch_norm", ("batch_norm", "batchnorm")),
