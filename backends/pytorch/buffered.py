@@ -550,7 +550,7 @@ def run_cell(
     zs: list[Tensor] = []
     indices = cell.plan_indices(b.device)
     # the reads and DW convs as native kernels where they take the buffers
-    indices32 = cell.plan_indices32() if native.trains(b) and native.available() else None
+    indices32 = cell.plan_indices(b.device, torch.int32) if native.trains(b) and native.available() else None
     zshape = shapes[-1]
     for i, (node, node_indices) in enumerate(zip(plan.nodes, indices, strict=True)):
         if not node.computed:

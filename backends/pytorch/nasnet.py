@@ -160,40 +160,28 @@ class NasnetCell(nn.Module):
         self._fused = fused  # the fused path's state (a fused.FusedCell of this plan; None in masked mode)
         self.pool = Pool()  # buffers of the buffered and fused paths; a network gives its cells one
         self._watched: list[nn.Module] | None = None
-        # Index tensors of the plan's reads per device (not buffers: they are not state, and a
-        # module moved with .to() finds them on its new device by this key).
-        self._indices: dict[torch.device, list[tuple[list[Tensor | None], Tensor | None]]] = {}
-        self._indices32: list[tuple[list[Tensor | None], Tensor | None]] | None = None
+        # Index tensors of the plan's reads per device and dtype (not buffers: they are not state,
+        # and a module moved with .to() finds them on its new device by this key).
+        self._indices: dict[tuple[torch.device, torch.dtype], list[tuple[list[Tensor | None], Tensor | None]]] = {}
 
-    def plan_indices(self, device: torch.device) -> list[tuple[list[Tensor | None], Tensor | None]]:
+    def plan_indices(
+        self, device: torch.device, dtype: torch.dtype = torch.int64
+    ) -> list[tuple[list[Tensor | None], Tensor | None]]:
         """Per node, on ``device``: the indices of its distinct reads and of its padded read
-        (None for a run, which is a view, or for no padded read)."""
-        found = self._indices.get(device)
+        (None for a run, which is a view, or for no padded read); int32 on the CPU for the
+        native kernels (:mod:`.native`)."""
+        found = self._indices.get((device, dtype))
         if found is None:
 
             def index(r: Read | None) -> Tensor | None:
-                return None if r is None or r.run else torch.as_tensor(r.index, device=device)
+                return None if r is None or r.run else torch.as_tensor(r.index, dtype=dtype, device=device)
 
             found = [
                 ([index(r) for r in node.reads], index(node.padded.read if node.padded else None))
                 for node in self.plan.nodes
             ]
-            self._indices[device] = found
+            self._indices[(device, dtype)] = found
         return found
-
-    def plan_indices32(self) -> list[tuple[list[Tensor | None], Tensor | None]]:
-        """:meth:`plan_indices` as int32 CPU tensors, for the native kernels (:mod:`.native`),
-        which take gathers only (None for a run, which is read as a slice)."""
-        if self._indices32 is None:
-
-            def index(r: Read | None) -> Tensor | None:
-                return None if r is None or r.run else torch.as_tensor(r.index, dtype=torch.int32)
-
-            self._indices32 = [
-                ([index(r) for r in node.reads], index(node.padded.read if node.padded else None))
-                for node in self.plan.nodes
-            ]
-        return self._indices32
 
     def _preprocessing_hooked(self) -> bool:
         if self._watched is None:
